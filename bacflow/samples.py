@@ -1,0 +1,136 @@
+"""The sample sheet: one row per genome, validated before any job is scheduled.
+
+Columns (JSON schema: ``config/schemas/samples.schema.yaml``): ``genome_id`` (unique, safe characters),
+``path``, optional ``gff``, ``genetic_code`` (default 11), ``kind`` (``complete``, ``draft`` or ``mag``;
+default ``draft``), ``group`` (default: the genome_id) and ``split`` (``train``, ``val``, ``test`` or
+empty). The sheet is tab-separated, or comma-separated when its name ends in ``.csv``. Relative paths
+are taken relative to the folder of the sheet, so a sheet can travel with its genomes. Other columns
+are allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from bacflow.errors import InputError
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "config" / "schemas"
+SAMPLES_SCHEMA = SCHEMA_DIR / "samples.schema.yaml"
+
+
+@dataclass(frozen=True)
+class Sample:
+    genome_id: str
+    path: str
+    gff: str | None
+    genetic_code: int
+    kind: str
+    group: str
+    split: str | None
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """A Draft 2020-12 validator that also fills in each property's default."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        for name, subschema in properties.items():
+            if isinstance(instance, dict) and "default" in subschema:
+                instance.setdefault(name, subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    filling = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
+    return filling(schema)
+
+
+def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) -> list[Sample]:
+    """Read and validate a sample sheet; the first problem found raises one `InputError` naming its line."""
+    sheet = Path(sheet)
+    try:
+        with open(sheet, newline="") as handle:
+            rows = list(csv.reader(handle, delimiter="," if sheet.suffix == ".csv" else "\t"))
+    except OSError as error:
+        raise InputError(f"{sheet}: cannot read the sample sheet ({error.strerror})") from None
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if not rows:
+        raise InputError(f"{sheet}: the sample sheet is empty")
+    header = [cell.strip() for cell in rows[0]]
+    for required in ("genome_id", "path"):
+        if required not in header:
+            raise InputError(f"{sheet}: the header has no '{required}' column (columns: {', '.join(header)})")
+    if len(rows) == 1:
+        raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
+    validator = _validator(load_schema(schema_path))
+    samples, first_line_of = [], {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputError(f"{sheet}, line {line}: {len(row)} columns where the header has {len(header)}")
+        record: dict[str, Any] = {
+            name: cell.strip() for name, cell in zip(header, row) if name in _COLUMNS and cell.strip()
+        }
+        if "genetic_code" in record and record["genetic_code"].isdigit():
+            record["genetic_code"] = int(record["genetic_code"])
+        where = f"{sheet}, line {line} (genome_id '{record.get('genome_id', '')}')"
+        error = jsonschema.exceptions.best_match(validator.iter_errors(record))
+        if error is not None:
+            column = error.path[0] if error.path else (error.message.split("'")[1] if "'" in error.message else "?")
+            raise InputError(f"{where}, column '{column}': {error.message}")
+        if record["genome_id"] in first_line_of:
+            raise InputError(
+                f"{where}, column 'genome_id': duplicate of line {first_line_of[record['genome_id']]}"
+            )
+        first_line_of[record["genome_id"]] = line
+        for column in ("path", "gff"):
+            if column in record:
+                record[column] = str(_readable(sheet.parent / record[column], f"{where}, column '{column}'"))
+        samples.append(
+            Sample(
+                genome_id=record["genome_id"],
+                path=record["path"],
+                gff=record.get("gff"),
+                genetic_code=record["genetic_code"],
+                kind=record["kind"],
+                group=record.get("group", record["genome_id"]),
+                split=record.get("split"),
+            )
+        )
+    return samples
+
+
+_COLUMNS = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split")
+
+
+def _readable(path: Path, where: str) -> Path:
+    path = Path(os.path.normpath(path))
+    if not path.is_file():
+        raise InputError(f"{where}: file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{where}: file not readable: {path}")
+    return path
+
+
+def assign_shards(samples: list[Sample], shard_size: int) -> dict[str, list[Sample]]:
+    """Cut the sheet, in its own order, into shards of `shard_size` genomes named ``00000``, ``00001``...
+
+    Genomes appended to the end of a sheet therefore change only the last shard (and add new ones);
+    every other shard keeps its members and is not run again.
+    """
+    if shard_size < 1:
+        raise InputError(f"shard_size must be at least 1, not {shard_size}")
+    return {
+        f"{start // shard_size:05d}": samples[start : start + shard_size]
+        for start in range(0, len(samples), shard_size)
+    }

@@ -1,0 +1,35 @@
+"""Writing parquet tables atomically, with provenance in their key-value metadata."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_parquet(table: pa.Table, path: str | Path, metadata: dict[str, str]) -> None:
+    """Write `table` to `path` through a temporary file in the same folder, then rename it into place.
+
+    A crash or kill therefore never leaves a partial file under the final name. Nothing in the file
+    depends on the time of writing, so the same table and metadata give the same bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The bacflow key-value metadata of a parquet file, decoded."""
+    raw = pq.read_schema(path).metadata or {}
+    return {key.decode(): value.decode() for key, value in raw.items() if key.startswith(b"bacflow.")}
