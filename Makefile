@@ -1,0 +1,41 @@
+# Two entry points, each doing its own set-up on a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   runs the workflow end to end on the genomes bundled with pyrodigal
+#   make test   runs the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+
+.PHONY: setup system-deps demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned: 2.13.0 is the CPU build available locally; any other spec pulls CUDA wheels.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[workflow,ml,dev]"
+	touch $@
+
+setup: $(VENV)/.installed system-deps
+
+# MMseqs2 comes from Debian's package (version recorded in every families output).
+system-deps:
+	@command -v mmseqs >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mmseqs2 >/dev/null; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq mmseqs2 >/dev/null; fi; }
+
+demo: setup
+	$(BIN)/python -m bacflow.demo demo/samples.tsv
+	$(BIN)/snakemake all --cores $(CORES) --configfile config/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+lint: setup
+	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+
+clean:
+	rm -rf demo .snakemake

@@ -1,0 +1,69 @@
+"""The workflow's stages as plain functions: what each Snakemake script calls, usable without Snakemake."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bacflow.errors import InputError
+from bacflow.proteins import QC_SCHEMA, AnnotationParams, annotate_shard
+from bacflow.provenance import provenance
+from bacflow.samples import Sample
+from bacflow.tables import write_parquet
+
+log = logging.getLogger("bacflow")
+
+
+def proteins_shard(
+    members: Iterable[dict[str, Any]],
+    config: dict[str, Any],
+    shard: str,
+    proteins_path: str | Path,
+    qc_path: str | Path,
+    threads: int = 1,
+) -> None:
+    """Annotate one shard and write its protein table and QC table (nothing at all if `strict` fails)."""
+    samples = [Sample(**member) for member in members]
+    params = AnnotationParams.from_config(config)
+    log.info("shard %s: %d genomes, %d threads, %s", shard, len(samples), threads, params)
+    proteins, qc = annotate_shard(samples, params, shard, threads)
+    quarantined = [row for row in qc.to_pylist() if row["quarantine_reason"]]
+    for row in quarantined:
+        log.warning("quarantined %s: %s", row["genome_id"], row["quarantine_reason"])
+    if quarantined and config.get("strict", False):
+        raise InputError(
+            f"strict: {len(quarantined)} genome(s) of shard {shard} quarantined; first: "
+            f"{quarantined[0]['genome_id']}: {quarantined[0]['quarantine_reason']}"
+        )
+    metadata = provenance("proteins", {"annotation": params.as_dict(), "strict": config.get("strict", False)})
+    write_parquet(proteins, proteins_path, metadata)
+    write_parquet(qc, qc_path, metadata)
+    log.info("shard %s: %d proteins, %d quarantined", shard, proteins.num_rows, len(quarantined))
+
+
+def gather_qc(shard_qc_paths: Iterable[str | Path], genomes_path: str | Path, summary_path: str | Path) -> str:
+    """Concatenate the shards' QC rows into one table and write a plain-text summary; return the summary."""
+    tables = [pq.read_table(path, schema=QC_SCHEMA) for path in shard_qc_paths]
+    qc = pa.concat_tables(tables) if tables else QC_SCHEMA.empty_table()
+    write_parquet(qc, genomes_path, provenance("qc", {"shards": len(tables)}))
+    reasons = Counter(_reason_kind(reason) for reason in qc.column("quarantine_reason").to_pylist() if reason)
+    lines = [
+        f"bacflow proteins: {qc.num_rows} genomes, {sum(qc.column('proteins').to_pylist())} proteins, "
+        f"{sum(reasons.values())} quarantined"
+    ]
+    lines += [f"  {count} x {reason}" for reason, count in reasons.most_common()]
+    if reasons:
+        lines.append(f"  (details: quarantine_reason in {genomes_path})")
+    summary = "\n".join(lines) + "\n"
+    Path(summary_path).write_text(summary)
+    return summary
+
+
+def _reason_kind(reason: str) -> str:
+    """The part of a quarantine reason that does not name the file, for grouping in the summary."""
+    return reason.split(": ", 1)[-1]

@@ -1,0 +1,55 @@
+import dataclasses
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from bacflow.errors import InputError
+from bacflow.samples import assign_shards, read_samples
+
+validate(config, schema="../config/schemas/config.schema.yaml")
+
+# Scripts import the bacflow package from this checkout, also inside per-rule conda envs
+# (set, not read: no envvars directive needed).
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+    )
+)
+
+OUTDIR = Path(config["outdir"])
+
+try:
+    SAMPLES = read_samples(config["samples"])
+except InputError as error:
+    raise WorkflowError(f"bad sample sheet: {error}") from None
+SHARDS = assign_shards(SAMPLES, config["shard_size"])
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+
+
+def shard_members(wildcards):
+    """The genomes of a shard as plain dicts; a change of membership re-runs the shard (params trigger)."""
+    return [dataclasses.asdict(sample) for sample in SHARDS[wildcards.shard]]
+
+
+def shard_genome_files(wildcards):
+    return [
+        path
+        for sample in SHARDS[wildcards.shard]
+        for path in (sample.path, sample.gff)
+        if path
+    ]
+
+
+def annotation_config():
+    """The config keys that change the proteins stage's output."""
+    return {key: config[key] for key in ("annotation", "gene_calling", "strict")}
+
+
+def print_quarantine_summary():
+    summary = OUTDIR / "qc" / "summary.txt"
+    if summary.exists():
+        print(summary.read_text(), end="")

@@ -1,0 +1,5 @@
+from bacflow.logs import logging_to
+from bacflow.stages import gather_qc
+
+with logging_to(snakemake.log[0]) as log:
+    log.info(gather_qc(snakemake.input, snakemake.output.genomes, snakemake.output.summary))
