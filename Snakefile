@@ -8,6 +8,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/proteins.smk"
+include: "rules/unique.smk"
 
 
 rule all:

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def write_parquet(table: pa.Table, path: str | Path, metadata: dict[str, str]) -> None:
+def write_parquet(
+    table: pa.Table, path: str | Path, metadata: dict[str, str], row_group_size: int | None = None
+) -> None:
     """Write `table` to `path` through a temporary file in the same folder, then rename it into place.
 
     A crash or kill therefore never leaves a partial file under the final name. Nothing in the file
@@ -22,7 +24,7 @@ def write_parquet(table: pa.Table, path: str | Path, metadata: dict[str, str]) -
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(table, temporary, compression="zstd", row_group_size=row_group_size)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -24,10 +24,12 @@ try:
 except InputError as error:
     raise WorkflowError(f"bad sample sheet: {error}") from None
 SHARDS = assign_shards(SAMPLES, config["shard_size"])
+BUCKETS = [f"{bucket:04d}" for bucket in range(config["buckets"])]
 
 
 wildcard_constraints:
     shard=r"\d{5}",
+    bucket=r"\d{4}",
 
 
 def shard_members(wildcards):

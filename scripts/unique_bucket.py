@@ -1,0 +1,7 @@
+from bacflow.logs import logging_to
+from bacflow.unique import gather_bucket
+
+with logging_to(snakemake.log[0]) as log:
+    bucket = int(snakemake.wildcards.bucket)
+    count = gather_bucket(snakemake.input, bucket, snakemake.output[0])
+    log.info("bucket %04d: %d distinct sequences", bucket, count)

@@ -1,0 +1,154 @@
+"""End-to-end runs of the Snakemake workflow on real genomes: outputs, reruns, sharding, strict mode."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from bacflow.tables import read_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+PYRODIGAL_DATA = Path(str(files("pyrodigal").joinpath("tests", "data")))
+SNAKEMAKE = [
+    *(sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")),
+    *("--configfile", str(REPO / "config" / "config.yaml")),
+]
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} (test genomes) is absent")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args],
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs a dry run would execute, per rule (from Snakemake's job stats table)."""
+    output = snakemake(workdir, "--dry-run", *args).stdout
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
+
+
+def write_sheet(path: Path, rows: list[tuple[str, ...]]) -> None:
+    lines = ["genome_id\tpath\tgenetic_code\tkind"] + ["\t".join(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """A sheet of real genomes of every input kind, plus one empty file that must be quarantined."""
+    workdir = tmp_path_factory.mktemp("cohort")
+    empty = workdir / "empty.fna.gz"
+    with gzip.open(empty, "wb"):
+        pass
+    rows = [
+        ("Mgenitalium", str(SHARED_DATA / "genomes/Mgenitalium_G37_L43967.2.fna.gz"), "4", "complete"),
+        ("Ct_D_gbff", str(SHARED_DATA / "genomes/Ctrachomatis_D-CS637-11_GCF_001183765.1.gbff.gz"), "11", "complete"),
+        ("Ct_114V1", str(SHARED_DATA / "drafts/Ctrachomatis_114V1_GCF_003788785.1.fna.gz"), "11", "draft"),
+        ("SRR492066", str(PYRODIGAL_DATA / "SRR492066.fna.gz"), "11", "mag"),
+        ("empty", str(empty), "11", "draft"),
+    ]
+    write_sheet(workdir / "samples.tsv", rows)
+    return workdir
+
+
+def cohort_config(workdir: Path, outdir: str = "results", *extra: str) -> list[str]:
+    return ["--config", f"samples={workdir / 'samples.tsv'}", f"outdir={outdir}", "shard_size=2", *extra]
+
+
+@needs_shared
+def test_proteins_target_end_to_end(cohort: Path):
+    result = snakemake(cohort, "proteins", *cohort_config(cohort))
+    assert "5 genomes" in result.stdout and "1 quarantined" in result.stdout, result.stdout
+
+    results = cohort / "results"
+    proteins = ds.dataset(results / "proteins", format="parquet", partitioning="hive").to_table()
+    qc = pq.read_table(results / "qc/genomes.parquet").to_pandas().set_index("genome_id")
+    assert sorted(path.name for path in (results / "proteins").iterdir()) == ["shard=00000", "shard=00001", "shard=00002"]
+
+    counts = proteins.to_pandas().groupby("genome_id").size()
+    assert counts.to_dict() == qc.loc[qc.proteins > 0, "proteins"].to_dict()
+    assert qc.loc["Ct_D_gbff", "proteins"] == 914 and qc.loc["Ct_D_gbff", "pseudogenes_dropped"] == 15
+    assert qc.loc["Ct_D_gbff", "mode"] == "file" and qc.loc["Mgenitalium", "mode"] == "single"
+    assert qc.loc["SRR492066", "mode"] == "meta"
+    assert qc.loc["Ct_114V1", "contigs"] == 3
+    assert "empty" in qc.loc["empty", "quarantine_reason"] and qc.loc["empty", "proteins"] == 0
+
+    metadata = read_metadata(results / "proteins/shard=00000/part-0.parquet")
+    assert {"bacflow.config_hash", "bacflow.params", "bacflow.tool_versions"} <= metadata.keys()
+    assert "pyrodigal" in metadata["bacflow.tool_versions"]
+    for rule_output in ("proteins/00000", "qc_genomes"):
+        assert (results / "logs" / f"{rule_output}.log").exists()
+        assert (results / "benchmarks" / f"{rule_output}.tsv").exists()
+
+    # A rerun has nothing to do.
+    assert "Nothing to be done" in snakemake(cohort, "proteins", "--dry-run", *cohort_config(cohort)).stdout
+
+    # Losing one shard's output re-runs that shard alone, with identical results.
+    lost = results / "proteins/shard=00001/part-0.parquet"
+    before = pq.read_table(lost)
+    kept = results / "proteins/shard=00000/part-0.parquet"
+    kept_mtime = kept.stat().st_mtime_ns
+    lost.unlink()
+    assert planned_jobs(cohort, "proteins", *cohort_config(cohort)).get("proteins_shard") == 1
+    snakemake(cohort, "proteins", *cohort_config(cohort))
+    assert pq.read_table(lost).equals(before)
+    assert kept.stat().st_mtime_ns == kept_mtime
+
+
+@needs_shared
+def test_appending_genomes_reruns_only_changed_shards(cohort: Path, tmp_path: Path):
+    snakemake(cohort, "proteins", *cohort_config(cohort))
+    sheet = tmp_path / "samples.tsv"
+    lines = (cohort / "samples.tsv").read_text().splitlines()
+    extra = f"Bfloridanus\t{SHARED_DATA / 'genomes/Bfloridanus_GCF_000043285.1.fna.gz'}\t11\tcomplete"
+    sheet.write_text("\n".join(lines + [extra]) + "\n")
+    # shards 00000 and 00001 keep their members; 00002 gains the new genome.
+    jobs = planned_jobs(cohort, "proteins", "--config", f"samples={sheet}", "outdir=results", "shard_size=2")
+    assert jobs.get("proteins_shard") == 1
+
+
+@needs_shared
+def test_strict_mode_fails_on_quarantine(cohort: Path):
+    result = snakemake(cohort, "proteins", *cohort_config(cohort, "strict", "strict=True"), check=False)
+    assert result.returncode != 0
+    assert "strict" in result.stderr + result.stdout and "empty" in result.stderr + result.stdout
+    assert not (cohort / "strict/proteins/shard=00002").exists()
+
+
+def test_bad_sheet_fails_before_any_job(tmp_path: Path):
+    write_sheet(tmp_path / "samples.tsv", [("ok", str(PYRODIGAL_DATA / "KK037166.fna.gz"), "11", "plasmid")])
+    result = snakemake(tmp_path, "proteins", "--config", f"samples={tmp_path / 'samples.tsv'}", check=False)
+    assert result.returncode != 0
+    assert "line 2 (genome_id 'ok'), column 'kind'" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_config_is_rejected(tmp_path: Path):
+    write_sheet(tmp_path / "samples.tsv", [("ok", str(PYRODIGAL_DATA / "KK037166.fna.gz"), "11", "draft")])
+    result = snakemake(
+        tmp_path, "proteins", "--config", f"samples={tmp_path / 'samples.tsv'}", "shard_size=0", check=False
+    )
+    assert result.returncode != 0 and "shard_size" in result.stderr
+
+
+def test_lint_and_format_are_clean(tmp_path: Path):
+    write_sheet(tmp_path / "samples.tsv", [("ok", str(PYRODIGAL_DATA / "KK037166.fna.gz"), "11", "draft")])
+    lint = snakemake(tmp_path, "--lint", "--config", f"samples={tmp_path / 'samples.tsv'}", check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", str(REPO)], capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
