@@ -149,6 +149,11 @@ def _check_unique_ids(contigs: list[Contig], path: Path) -> None:
 
 
 def _parse_genbank(text: str, path: Path) -> Assembly:
+    # Biopython only warns when the text ends inside a record (an interrupted download or copy) and
+    # returns the part it read, so a cut-off file would silently lose sequence. Every complete record
+    # ends with a '//' line; a text that does not is truncated.
+    if not text.rstrip().endswith("//"):
+        raise InputError(f"{path}: truncated GenBank file (the last record has no '//' end line)")
     contigs, cds, warnings = [], [], []
     try:
         records = list(SeqIO.parse(io.StringIO(text), "genbank"))
@@ -228,6 +233,14 @@ def _parse_gff3(text: str, path: Path, contigs: list[Contig] | None, genetic_cod
             row = (index_of[seqid], int(start), int(end), -1 if strand == "-" else 1, int(phase or 0))
         except ValueError:
             raise InputError(f"{path}: line {line_number} has a non-numeric start, end or phase") from None
+        # A CDS outside its sequence means the GFF belongs to another assembly; slicing would silently
+        # translate a cut-off CDS instead.
+        length = len(contigs[row[0]].sequence)
+        if not 1 <= row[1] <= row[2] <= length:
+            raise InputError(
+                f"{path}: line {line_number}: CDS {start}..{end} lies outside sequence '{seqid}' "
+                f"({length} bases); is this the GFF of another assembly?"
+            )
         parsed = _gff_attributes(attributes)
         key = parsed.get("ID") or parsed.get("Parent") or f"line{line_number}"
         segments.setdefault(key, []).append((*row, parsed))

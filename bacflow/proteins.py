@@ -143,7 +143,8 @@ def _fill_proteins(
     if annotation == "file":
         if assembly.cds is None:
             raise InputError(f"{sample.path}: 'annotation: file' needs a GenBank or GFF3 file, not FASTA")
-        qc.update(source=assembly.format, mode="file")
+        # A FASTA given with a 'gff' column keeps format "fasta", yet its CDS come from the GFF3.
+        qc.update(source="genbank" if assembly.format == "genbank" else "gff3", mode="file")
         rows = _file_proteins(assembly, qc)
     else:
         mode = choose_mode(assembly.bases, sample.kind, params.gene_calling)

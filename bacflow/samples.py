@@ -60,22 +60,28 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
     """Read and validate a sample sheet; the first problem found raises one `InputError` naming its line."""
     sheet = Path(sheet)
     try:
-        with open(sheet, newline="") as handle:
-            rows = list(csv.reader(handle, delimiter="," if sheet.suffix == ".csv" else "\t"))
+        # utf-8-sig: spreadsheet programs on Windows start the file with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(sheet, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter="," if sheet.suffix == ".csv" else "\t")
+            # Blank lines are skipped, so each row keeps its own line number: messages must name the
+            # line the user sees in an editor.
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except OSError as error:
         raise InputError(f"{sheet}: cannot read the sample sheet ({error.strerror})") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
         raise InputError(f"{sheet}: the sample sheet is empty")
-    header = [cell.strip() for cell in rows[0]]
+    header_line, header = rows[0][0], [cell.strip() for cell in rows[0][1]]
     for required in ("genome_id", "path"):
         if required not in header:
-            raise InputError(f"{sheet}: the header has no '{required}' column (columns: {', '.join(header)})")
+            raise InputError(
+                f"{sheet}, line {header_line} (header): no '{required}' column (columns: {', '.join(header)})"
+            )
     if len(rows) == 1:
         raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
     validator = _validator(load_schema(schema_path))
     samples, first_line_of = [], {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if len(row) != len(header):
             raise InputError(f"{sheet}, line {line}: {len(row)} columns where the header has {len(header)}")
         record: dict[str, Any] = {

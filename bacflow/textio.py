@@ -43,6 +43,8 @@ def read_text(path: str | Path) -> str:
         raise InputError(f"{path}: binary content, not a sequence file")
     # Stray non-UTF-8 bytes in a header must not stop a run; junk is caught later by the format check.
     text = raw.decode("utf-8", errors="replace")
+    # Windows editors may begin UTF-8 text with a byte-order mark; it would hide the first line's '>'.
+    text = text.removeprefix("\ufeff")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
