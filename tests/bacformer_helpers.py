@@ -1,0 +1,92 @@
+"""Shared by the Bacformer tests: tiny random models, and the reference implementation as a test oracle.
+
+The oracle is the reference package (``bacformer==0.2.0``) in its own virtual environment, because it needs
+``transformers<5`` while bacflow pins a newer one. The ``reference_python`` fixture creates that
+environment once (about 2.5 minutes: torch, then bacformer and its dependencies from PyPI) at
+``$BACFLOW_REFERENCE_VENV`` (default ``~/.cache/bacflow/reference-venv``) and reuses it afterwards; where
+it cannot be created (no network), the parity tests are skipped. `run_reference` runs
+``tests/reference_oracle.py`` in it, exchanging weights and tensors through files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bacflow.modeling_bacformer import BacformerConfig, BacformerPreTrainedModel
+
+REFERENCE_VENV = Path(os.environ.get("BACFLOW_REFERENCE_VENV", Path.home() / ".cache" / "bacflow" / "reference-venv"))
+ORACLE = Path(__file__).with_name("reference_oracle.py")
+# torch first and alone: its pin selects the CPU build; bacformer would otherwise pull a CUDA torch.
+REFERENCE_INSTALL = (["torch==2.13.0"], ["bacformer==0.2.0", "transformers<5", "requests"])
+
+#: The tiny geometry of the parity tests (head_dim 8).
+TINY = {
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "protein_clusters_vocab_size": 101,
+}
+
+
+def tiny_config(**overrides: Any) -> BacformerConfig:
+    return BacformerConfig(**{**TINY, **overrides})
+
+
+def randomize(model: BacformerPreTrainedModel, seed: int) -> BacformerPreTrainedModel:
+    """Give every parameter a random value (the default init leaves biases at 0 and norms at 1, which would
+    hide mixed-up parameters); LayerNorm weights stay near 1. Returns the model in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator) * 0.1
+            is_norm_weight = param.ndim == 1 and name.endswith("weight")
+            param.copy_(1 + noise if is_norm_weight else noise)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def reference_python() -> Path:
+    """The Python of the reference's virtual environment, created on first use."""
+    python = REFERENCE_VENV / "bin" / "python"
+    ready = REFERENCE_VENV / ".bacflow-ready"
+    if ready.exists():
+        return python
+    started = time.monotonic()
+    commands = [[sys.executable, "-m", "venv", str(REFERENCE_VENV)]]
+    commands += [[str(python), "-m", "pip", "install", "-q", *packages] for packages in REFERENCE_INSTALL]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(
+                f"cannot create the reference implementation's environment at {REFERENCE_VENV} (it needs PyPI): "
+                f"`{' '.join(command)}` failed: {result.stderr.strip()[-1000:]}"
+            )
+    ready.write_text(f"created in {time.monotonic() - started:.0f} s\n")
+    return python
+
+
+def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """Run the oracle's jobs (see ``tests/reference_oracle.py``) in one process; their results by name."""
+    request, response = workdir / "oracle-request.pt", workdir / "oracle-response.pt"
+    torch.save({"jobs": jobs}, request)
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(
+        [str(python), str(ORACLE), str(request), str(response)], capture_output=True, text=True, cwd=workdir, env=env
+    )
+    assert result.returncode == 0, f"the reference oracle failed:\n{result.stderr[-4000:]}"
+    return torch.load(response, weights_only=False)
+
+
+def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    return (ours.float() - theirs.float()).abs().max().item()
