@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup system-deps demo test lint clean
+.PHONY: setup system-deps slurm-deps demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[workflow,ml,dev]"
+	$(BIN)/pip install -q -e ".[workflow,slurm,ml,dev]"
 	touch $@
 
 setup: $(VENV)/.installed system-deps
@@ -25,6 +25,13 @@ system-deps:
 	@command -v mmseqs >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mmseqs2 >/dev/null; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq mmseqs2 >/dev/null; fi; }
+
+# Debian's SLURM daemons and client for the one-node test cluster of tests/test_slurm.py, which needs root
+# and skips without them; .ci/run installs them. Their services stay stopped: the test runs its own.
+slurm-deps:
+	@dpkg -s slurmctld slurmd slurm-client munge >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		slurmctld slurmd slurm-client munge >/dev/null; }
 
 demo: setup
 	$(BIN)/python -m bacflow.demo demo/samples.tsv

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import re
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -14,38 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow.tables import read_metadata
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-PYRODIGAL_DATA = Path(str(files("pyrodigal").joinpath("tests", "data")))
-SNAKEMAKE = [
-    *(sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")),
-    *("--configfile", str(REPO / "config" / "config.yaml")),
-]
-
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} (test genomes) is absent")
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *args],
-        capture_output=True,
-        text=True,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Jobs a dry run would execute, per rule (from Snakemake's job stats table)."""
-    output = snakemake(workdir, "--dry-run", *args).stdout
-    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
-
-
-def write_sheet(path: Path, rows: list[tuple[str, ...]]) -> None:
-    lines = ["genome_id\tpath\tgenetic_code\tkind"] + ["\t".join(row) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
+from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, needs_shared, planned_jobs, snakemake, write_sheet
 
 
 @pytest.fixture(scope="module")
