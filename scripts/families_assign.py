@@ -1,0 +1,13 @@
+from bacflow.families import FamilyParams, assign_families
+from bacflow.logs import logging_to
+
+with logging_to(snakemake.log[0]):
+    assign_families(
+        snakemake.input.buckets,
+        snakemake.params.vocab,
+        snakemake.output.families,
+        FamilyParams.from_config(snakemake.params.families),
+        threads=snakemake.threads,
+        memory_mb=snakemake.resources.mem_mb,
+        tmpdir=snakemake.resources.tmpdir,
+    )

@@ -1,0 +1,10 @@
+from bacflow.families import family_qc
+from bacflow.logs import logging_to
+
+with logging_to(snakemake.log[0]):
+    family_qc(
+        snakemake.input.proteins,
+        snakemake.input.genomes,
+        snakemake.input.families,
+        snakemake.output[0],
+    )
