@@ -144,11 +144,13 @@ def rotary_tables(head_dim: int, n_positions: int) -> tuple[torch.Tensor, torch.
     The reference's ``precompute_freqs_cis`` operation for operation, over the same number of positions, so
     the values are bit-identical to its tables (a shorter table could differ in the last bit, as torch's
     vectorised and scalar cosine loops do not always round alike). Built on the CPU, where the reference
-    builds them, whatever device the model is on. Cached: the tables are constants of the geometry.
+    builds them, whatever device the model is on. Cached: the tables are constants of the geometry, and
+    built outside inference mode, since a cached inference tensor would break every later backward pass.
     """
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device="cpu")[: head_dim // 2].float() / head_dim))
-    angles = torch.outer(torch.arange(n_positions, device="cpu"), inv_freq).float()
-    return angles.cos(), angles.sin()
+    with torch.inference_mode(False):
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device="cpu")[: head_dim // 2].float() / head_dim))
+        angles = torch.outer(torch.arange(n_positions, device="cpu"), inv_freq).float()
+        return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

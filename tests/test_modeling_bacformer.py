@@ -258,6 +258,18 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(*gradients))
 
 
+def test_training_works_after_inference_in_inference_mode() -> None:
+    # The rotary tables are cached across models: made first under inference_mode (an embedding run), they
+    # must still be usable by a later backward pass (a training run in the same process).
+    config = tiny_config(max_position_embeddings=37)  # a geometry no other test caches
+    inputs = with_labels(example_inputs()["padded"], seed=5, masked=True)
+    with torch.inference_mode():
+        BacformerModel(config).eval()(**example_inputs()["padded"])
+    model = randomize(BacformerForMaskedGM(config), 5).train()
+    model(**inputs, return_dict=True).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_unsupported_requests_fail_clearly() -> None:
     with pytest.raises(NotImplementedError, match="return_attn_weights"):
         BacformerModel(tiny_config(return_attn_weights=True))
