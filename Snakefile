@@ -6,15 +6,27 @@ min_version("9.1")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/proteins.smk"
 include: "rules/unique.smk"
+include: "rules/families.smk"
+include: "rules/embeddings.smk"
+include: "rules/pretrain.smk"
+include: "rules/bacformer.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.proteins.input,
+        rules.families.input,
+        rules.embeddings.input,
+        rules.bacformer.input,
+        REPORT_FIGURES,
 
 
 onsuccess:

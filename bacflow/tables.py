@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +27,24 @@ def write_parquet(
     os.close(handle)
     try:
         pq.write_table(table, temporary, compression="zstd", row_group_size=row_group_size)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def parquet_writer(path: str | Path, schema: pa.Schema, metadata: dict[str, str]) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter for a table written piece by piece (each `write_table` call makes its own row
+    groups), atomic like `write_parquet`: the file appears at `path` only when the block ends without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+            yield writer
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

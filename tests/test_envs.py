@@ -23,6 +23,8 @@ PACKAGE_OF_IMPORT = {
     "Bio": {"biopython"},
     "yaml": {"pyyaml"},
     "torch": {"pytorch", "pytorch-gpu"},
+    # A dependency of transformers, which bounds its version; an env that has transformers has it.
+    "huggingface_hub": {"huggingface_hub", "transformers"},
     "sklearn": {"scikit-learn"},
 }
 # Executables that rules run (in `shell:` or from the package through subprocess), by conda package.
