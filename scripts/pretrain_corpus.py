@@ -1,0 +1,6 @@
+from bacflow.logs import logging_to
+from bacflow.pretrain_data import SPLITS, summarize_corpus
+
+with logging_to(snakemake.log[0]):
+    parts = {split: snakemake.input[split] for split in SPLITS}
+    summarize_corpus(parts, snakemake.params.vocab_size, snakemake.params.require_test, snakemake.output[0])
