@@ -127,6 +127,9 @@ def parse_fasta(text: str, path: Path) -> list[Contig]:
         if not words:
             raise InputError(f"{path}: record {number} has an empty header line")
         sequence = "".join(body.split()).upper()
+        if not sequence:
+            # Usually a cut-off file or a failed assembler step: a genome with a lost contig must not pass.
+            raise InputError(f"{path}: record '{words[0]}' has no sequence")
         bad = _NOT_NUCLEOTIDE.search(sequence)
         if bad:
             hint = ""

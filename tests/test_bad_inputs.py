@@ -109,6 +109,12 @@ def duplicate_contig_ids(folder: Path) -> BadInput:
     return BadInput(write_fasta(folder / "twice.fna", records + records))
 
 
+def record_without_sequence(folder: Path) -> BadInput:
+    """A real contig followed by a header whose sequence was lost (a cut-off copy)."""
+    records = fasta_records(KK037166)
+    return BadInput(write_fasta(folder / "lost_contig.fna", records + [("lost_contig_2 length=5000", "")]))
+
+
 def gff_without_sequences(folder: Path) -> BadInput:
     return BadInput(Path(shutil.copy(SMALL_GENOME_GFF, folder)))
 
@@ -142,6 +148,7 @@ READ_ERRORS = [
     pytest.param(truncated_gzip, ("truncated or corrupt gzip",), id="truncated-gzip"),
     pytest.param(truncated_genbank, ("truncated GenBank",), id="truncated-genbank", marks=needs_shared),
     pytest.param(duplicate_contig_ids, ("contig id 'KK037166.1' occurs more than once",), id="duplicate-ids"),
+    pytest.param(record_without_sequence, ("record 'lost_contig_2' has no sequence",), id="empty-record"),
     pytest.param(gff_without_sequences, ("GFF3 without a ##FASTA section",), id="gff-without-sequences"),
     pytest.param(
         gff_of_another_assembly,
