@@ -1,0 +1,248 @@
+"""Figures and tables of the workflow's HTML report (``snakemake --report report.html``).
+
+Each function reads finished tables and writes one file that the report shows: proteins per genome, QC
+flags, the protein-family size distribution, and a 2-D projection of the Bacformer genome embeddings.
+Large tables are streamed: family sizes are counted per size, and the projection (PCA) is computed from
+running sums of the embeddings, so memory does not grow with the cohort beyond a few numbers per genome.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bacflow.bacformer_tables import MODEL_KEY
+from bacflow.tables import read_metadata
+
+#: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).
+MAX_BARS = 40
+MAX_TABLE_ROWS = 500
+#: Groups given their own colour in the projection; the rest are drawn grey.
+MAX_GROUPS = 10
+_BATCH_ROWS = 1 << 14
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _model_note(genomes_path: str | Path) -> str:
+    identity = json.loads(read_metadata(genomes_path).get(MODEL_KEY, "{}"))
+    note = f"model {identity.get('name', '?')}"
+    if identity.get("random_init"):
+        note += " (randomly initialised: no biological meaning)"
+    return note
+
+
+def proteins_per_genome(qc_path: str | Path, genomes_path: str | Path, out_path: str | Path, limit: int) -> None:
+    """Proteins of each genome (bars for a few genomes, a histogram for many), marking those that Bacformer
+    had to window or truncate and the model's limit (`limit` tokens)."""
+    qc = pq.read_table(qc_path, columns=["genome_id", "proteins"])
+    modes = dict(zip(*pq.read_table(genomes_path, columns=["genome_id", "mode"]).to_pydict().values()))
+    ids, counts = qc.column("genome_id").to_pylist(), np.asarray(qc.column("proteins").to_numpy(), dtype=float)
+    long = np.array([modes.get(genome, "whole") != "whole" for genome in ids])
+    plt = _pyplot()
+    if len(ids) <= MAX_BARS:
+        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(ids)))
+        ax.barh(ids, counts, color=np.where(long, "tab:orange", "tab:blue"))
+        ax.invert_yaxis()
+        ax.set_xlabel("proteins")
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        bins = np.linspace(0, max(counts.max(initial=1), limit) * 1.05, 60)
+        ax.hist([counts[~long], counts[long]], bins=bins, stacked=True, color=["tab:blue", "tab:orange"])
+        ax.set_xlabel("proteins")
+        ax.set_ylabel("genomes")
+    ax.axvline(limit, color="grey", linestyle="--", linewidth=1)
+    ax.text(limit, 0.02, f" {limit} tokens ", transform=ax.get_xaxis_transform(), color="grey", fontsize=8, ha="right")
+    ax.set_title(f"Proteins per genome, {len(ids):,} genomes (orange: windowed or truncated by Bacformer)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+#: QC flags: (label, column of qc/genomes.parquet or of the Bacformer genome table, test of a row).
+_FLAGS = (
+    ("quarantined", "quarantine_reason", lambda value: bool(value)),
+    ("gene-calling or reading warnings", "warnings", lambda value: bool(value)),
+    ("proteins longer than ESM-2 sees (1,022 residues)", "proteins_over_1022", lambda value: (value or 0) > 0),
+    ("proteins beyond the published Bacformer's 6,000", "proteins_beyond_6000", lambda value: (value or 0) > 0),
+    ("contigs beyond the published Bacformer's 1,000", "contigs_beyond_1000", lambda value: (value or 0) > 0),
+    ("Bacformer: windowed", "mode", lambda value: value == "windowed"),
+    ("Bacformer: truncated", "mode", lambda value: value == "truncated"),
+    ("Bacformer: proteins without a vector (truncation)", "proteins_cut", lambda value: (value or 0) > 0),
+)
+_QC_COLUMNS = ("genome_id", "group", "proteins", "quarantine_reason", "warnings")
+_QC_FLAG_COLUMNS = ("proteins_over_1022", "proteins_beyond_6000", "contigs_beyond_1000")
+_BACFORMER_COLUMNS = ("mode", "windows", "proteins_cut")
+
+
+def qc_flags(qc_path: str | Path, genomes_path: str | Path, out_path: str | Path) -> None:
+    """An HTML page: how many genomes raise each QC flag, then the flagged genomes (the first
+    `MAX_TABLE_ROWS`, in sheet order) with their flags."""
+    qc = pq.read_table(qc_path, columns=[*_QC_COLUMNS, *_QC_FLAG_COLUMNS]).to_pylist()
+    bacformer = {
+        row["genome_id"]: row
+        for row in pq.read_table(genomes_path, columns=["genome_id", *_BACFORMER_COLUMNS]).to_pylist()
+    }
+    counts: Counter[str] = Counter()
+    flagged = []
+    for row in qc:
+        row.update(bacformer.get(row["genome_id"], {}))
+        flags = [label for label, column, test in _FLAGS if test(row.get(column))]
+        counts.update(flags)
+        if flags:
+            flagged.append((row, flags))
+    summary = [[label, f"{counts[label]:,}"] for label, _, _ in _FLAGS]
+    listed = [
+        [
+            row["genome_id"],
+            row["group"],
+            f"{row['proteins']:,}",
+            "; ".join(flags),
+            row["quarantine_reason"] or "; ".join(row["warnings"] or []),
+        ]
+        for row, flags in flagged[:MAX_TABLE_ROWS]
+    ]
+    more = (
+        f"<p>… and {len(flagged) - MAX_TABLE_ROWS:,} more: see the QC tables.</p>"
+        if len(flagged) > MAX_TABLE_ROWS
+        else ""
+    )
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>QC flags</title><style>"
+        "body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>"
+        f"<h3>QC flags of {len(qc):,} genomes ({len(flagged):,} flagged)</h3>"
+        + _html_table(["flag", "genomes"], summary)
+        + (
+            "<h3>Flagged genomes</h3>"
+            + _html_table(["genome", "group", "proteins", "flags", "reason or warnings"], listed)
+            if listed
+            else "<p>No genome raises a flag.</p>"
+        )
+        + more
+        + "</body></html>\n"
+    )
+    Path(out_path).write_text(page)
+
+
+def _html_table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def family_sizes(families_path: str | Path, out_path: str | Path) -> None:
+    """How many families have each size (proteins of the cohort), log-log, vocabulary families apart.
+
+    A labelled family is counted once by its id; an unlabelled one by the row of its representative."""
+    labelled: dict[int, int] = {}
+    unlabelled: Counter[int] = Counter()
+    file = pq.ParquetFile(families_path)
+    for batch in file.iter_batches(_BATCH_ROWS, columns=["seq_hash", "representative", "family_id", "family_size"]):
+        family = batch.column("family_id")
+        has_id = pc.is_valid(family)
+        labelled.update(zip(family.filter(has_id).to_pylist(), batch.column("family_size").filter(has_id).to_pylist()))
+        own = pc.and_(pc.invert(has_id), pc.equal(batch.column("seq_hash"), batch.column("representative")))
+        unlabelled.update(batch.column("family_size").filter(pc.fill_null(own, False)).to_pylist())
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sizes, label, colour in (
+        (Counter(labelled.values()), f"in the vocabulary ({len(labelled):,})", "tab:blue"),
+        (unlabelled, f"unlabelled ({sum(unlabelled.values()):,})", "tab:grey"),
+    ):
+        if sizes:
+            x = np.array(sorted(sizes))
+            ax.scatter(x, [sizes[size] for size in x], s=10, label=label, color=colour)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    # Sizes within two decades get labelled minor ticks too (2, 3, 5, ...); wider ranges only their decades.
+    largest = max([*labelled.values(), *unlabelled, 1])
+    ax.xaxis.set_minor_formatter(plain if largest < 100 else NullFormatter())
+    ax.set_xlabel("family size (proteins in the cohort)")
+    ax.set_ylabel("families")
+    ax.set_title("Protein-family sizes")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def _embeddings(path: str | Path) -> Iterator[tuple[list[str], np.ndarray]]:
+    file = pq.ParquetFile(path)
+    for batch in file.iter_batches(_BATCH_ROWS, columns=["genome_id", "embedding"]):
+        vectors = batch.column(1)
+        dim = vectors.type.list_size
+        yield batch.column(0).to_pylist(), vectors.flatten().to_numpy().reshape(-1, dim).astype(np.float64)
+
+
+def pca(path: str | Path, components: int = 2) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(genome ids, coordinates (n, components), explained variance ratios) of the genome embeddings of a
+    Bacformer genome table, in two streaming passes (sums and the covariance, then the projection)."""
+    n, total, outer = 0, None, None
+    for _, x in _embeddings(path):
+        n += len(x)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        outer = x.T @ x if outer is None else outer + x.T @ x
+    if not n:
+        return [], np.zeros((0, components)), np.zeros(components)
+    mean = total / n
+    covariance = (outer - n * np.outer(mean, mean)) / max(n - 1, 1)
+    values, vectors = np.linalg.eigh(covariance)
+    top = np.argsort(values)[::-1][:components]
+    # Directions without variance (n genomes span at most n - 1) are rounding noise: project them to 0.
+    noise = values[top] <= 1e-9 * max(values.max(), 1e-300)
+    # Eigenvectors' signs are arbitrary: fix them (largest loading positive) so reruns draw the same picture.
+    basis = vectors[:, top] * np.sign(vectors[np.abs(vectors[:, top]).argmax(0), top])
+    ratio = np.clip(values[top], 0, None) / max(values.clip(0).sum(), 1e-300)
+    basis[:, noise] = 0
+    ids, coordinates = [], []
+    for batch_ids, x in _embeddings(path):
+        ids += batch_ids
+        coordinates.append((x - mean) @ basis)
+    return ids, np.concatenate(coordinates), ratio
+
+
+def genome_projection(genomes_path: str | Path, qc_path: str | Path, out_path: str | Path) -> None:
+    """The genome embeddings projected on their first two principal components, coloured by `group`."""
+    ids, xy, ratio = pca(genomes_path)
+    groups_of = dict(zip(*pq.read_table(qc_path, columns=["genome_id", "group"]).to_pydict().values()))
+    groups = [groups_of.get(genome) or genome for genome in ids]
+    by_size = [group for group, _ in Counter(groups).most_common()]
+    shown = by_size[:MAX_GROUPS]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    colours = plt.get_cmap("tab10")
+    rest = np.array([group not in shown for group in groups], dtype=bool)
+    if rest.any():
+        ax.scatter(xy[rest, 0], xy[rest, 1], s=12, color="lightgrey", label=f"{len(by_size) - len(shown)} other groups")
+    for index, group in enumerate(shown):
+        mine = np.array([g == group for g in groups], dtype=bool)
+        ax.scatter(xy[mine, 0], xy[mine, 1], s=18, color=colours(index), label=str(group))
+    if len(xy) <= MAX_BARS:
+        for genome, (x, y) in zip(ids, xy):
+            ax.annotate(genome, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of the variance)" if len(ratio) else "PC1")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
+    ax.set_title(f"Bacformer genome embeddings, {len(ids):,} genomes\n{_model_note(genomes_path)}", fontsize=10)
+    ax.legend(title="group", fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)

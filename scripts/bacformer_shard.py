@@ -1,0 +1,17 @@
+from bacflow.bacformer_stage import BacformerSettings, bacformer_shard
+from bacflow.logs import logging_to
+
+with logging_to(snakemake.log[0]) as log:
+    counts = bacformer_shard(
+        snakemake.input.vectors,
+        snakemake.input.proteins,
+        snakemake.output.proteins,
+        snakemake.output.genomes,
+        shard=snakemake.wildcards.shard,
+        model=snakemake.params.model,
+        revision=snakemake.params.revision,
+        name=snakemake.params.name,
+        settings=BacformerSettings(**snakemake.params.settings),
+        threads=snakemake.threads,
+    )
+    log.info("shard %s: %s", snakemake.wildcards.shard, counts)

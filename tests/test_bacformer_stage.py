@@ -1,0 +1,301 @@
+"""The bacformer stage: windows and truncation, batching, genome pooling, shard files, model sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bacflow.bacformer_inputs import embed_genome_windowed, protein_embeddings_to_inputs
+from bacflow.bacformer_model import (
+    FOLDER_FILES,
+    build_tiny_bacformer,
+    load_bacformer,
+    output_name,
+    pretrain_run,
+    separator_id,
+)
+from bacflow.bacformer_stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome
+from bacflow.bacformer_tables import MODEL_KEY, gather_genomes, model_identity
+from bacflow.embedding_store import vector_array
+from bacflow.errors import InputError
+from bacflow.esm_model import resolve_model
+from bacflow.modeling_bacformer import BacformerModel
+from bacformer_helpers import max_abs_diff, randomize, tiny_config
+
+#: fp32 outputs of the same inputs through differently padded batches (padded keys are masked).
+TOLERANCE = 1e-5
+DIM = 32  # tiny_config's hidden size
+LIMIT, OVERLAP = 40, 12  # windows of 38 tokens between CLS and END
+
+
+@pytest.fixture(scope="module")
+def model() -> BacformerModel:
+    return randomize(BacformerModel(tiny_config()), seed=0)
+
+
+def genome(seed: int, contig_sizes: list[int]) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(size, DIM)).astype(np.float32) for size in contig_sizes]
+
+
+def settings(**overrides) -> BacformerSettings:
+    return BacformerSettings(**{"max_n_proteins": LIMIT, "window_overlap": OVERLAP, **overrides})
+
+
+def run(model: BacformerModel, genomes: list[list[np.ndarray]], budget: int = 1, **overrides):
+    plans = [plan_genome(contigs, settings(**overrides), 2) for contigs in genomes]
+    pooling = overrides.get("genome_pooling", "proteins")
+    return plans, embed_genomes(model, plans, genome_pooling=pooling, token_budget=budget)
+
+
+# ------------------------------------------------------------------------------------ windows, truncation
+
+
+def test_windowed_long_genome_gives_every_protein_a_vector_matching_truncation_away_from_edges(model):
+    contigs = genome(1, [70, 45, 30])  # 145 proteins, 148 tokens between CLS and END: 5 windows
+    n = 145
+    (plan,), (windowed,) = run(model, [contigs], mode="windowed")
+    (cut_plan,), (truncated,) = run(model, [contigs], mode="truncate")
+    assert plan.mode == "windowed" and len(plan.spans) > 1 and cut_plan.mode == "truncated"
+    assert windowed.embedded.all() and np.isfinite(windowed.vectors).all() and windowed.vectors.shape == (n, DIM)
+    # Truncation keeps the first 38 tokens (all proteins of contig 0) and leaves the rest without a vector.
+    assert truncated.embedded.tolist() == [True] * (LIMIT - 2) + [False] * (n - LIMIT + 2)
+    assert np.isnan(truncated.vectors[~truncated.embedded]).all()
+    # The first window is the truncated input: the proteins that take its vectors, the ones far from its cut
+    # (at least half the overlap; the next window is closer to its own edge beyond), match the truncated run.
+    far = plan.owners[plan.protein_positions] == 0
+    assert far.sum() > 20 and (plan.spans[0][1] - 1 - plan.protein_positions[far]).min() >= OVERLAP // 2
+    assert np.abs(windowed.vectors[far] - truncated.vectors[far]).max() <= TOLERANCE
+    # The stage's windows are the reference runner's (bacflow.bacformer_inputs), batched or not.
+    reference = embed_genome_windowed(model, contigs, max_n_proteins=LIMIT, overlap=OVERLAP)
+    for budget in (1, 10**6):
+        (_,), (result,) = run(model, [contigs], budget=budget, mode="windowed")
+        assert max_abs_diff(torch.from_numpy(result.vectors), reference) <= TOLERANCE
+
+
+def test_genomes_that_fit_are_the_same_in_both_modes_and_are_the_references_input(model):
+    contigs = genome(2, [10, 5])
+    inputs = protein_embeddings_to_inputs(contigs, max_n_proteins=LIMIT)
+    with torch.no_grad():
+        hidden = model(**inputs, return_dict=True).last_hidden_state[0]
+    expected = hidden[inputs["special_tokens_mask"][0] == 4].numpy()
+    for mode in ("windowed", "truncate"):
+        (plan,), (result,) = run(model, [contigs], mode=mode)
+        assert plan.mode == "whole" and np.array_equal(result.vectors, expected)
+        assert np.allclose(result.embedding, expected.mean(0), atol=1e-6)
+        (_,), (reference_pooling,) = run(model, [contigs], mode=mode, genome_pooling="all_positions")
+        assert np.allclose(reference_pooling.embedding, hidden.mean(0).numpy(), atol=1e-6)  # CLS, SEP, END too
+
+
+def test_batches_of_several_genomes_equal_one_genome_at_a_time(model):
+    genomes = [genome(3, [50, 20]), genome(4, [5]), genome(5, [12, 1, 9]), genome(6, [37]), genome(7, [2, 2])]
+    for pooling in ("proteins", "all_positions"):
+        _, alone = run(model, genomes, budget=1, genome_pooling=pooling)
+        _, batched = run(model, genomes, budget=200, genome_pooling=pooling)  # up to 5 pieces per pass
+        for one, many in zip(alone, batched):
+            assert np.abs(one.vectors - many.vectors).max() <= TOLERANCE
+            assert np.abs(one.embedding - many.embedding).max() <= TOLERANCE
+
+
+def test_settings_are_checked():
+    with pytest.raises(InputError, match="window_overlap"):
+        BacformerSettings(max_n_proteins=40, window_overlap=38)
+    BacformerSettings(max_n_proteins=40, window_overlap=38, mode="truncate")  # no windows: no overlap
+    with pytest.raises(InputError, match="mode"):
+        BacformerSettings(mode="sliding")
+
+
+# ----------------------------------------------------------------------------------------- model sources
+
+
+def test_output_names(tmp_path: Path):
+    assert output_name("macwiatrak/bacformer-masked-MAG") == "macwiatrak--bacformer-masked-MAG"
+    assert output_name("macwiatrak/bacformer-masked-MAG", "v1/x") == "macwiatrak--bacformer-masked-MAG--v1_x"
+    assert output_name("pretrain:run-1") == "pretrain-run-1"
+    assert output_name("anything", tiny=True) == "tiny-random"
+    first, second = tmp_path / "a" / "my model", tmp_path / "b" / "my model"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    assert output_name(str(first)).startswith("local-my_model-") and output_name(str(first)) != output_name(str(second))
+    with pytest.raises(InputError, match="run name"):
+        pretrain_run("pretrain:../x")
+
+
+def test_separator_auto_is_2_unless_bacflow_pretrained_the_model_with_another(tmp_path: Path):
+    assert separator_id("auto", tmp_path) == 2
+    (tmp_path / "bacflow_pretrain.json").write_text(json.dumps({"separator_token_id": 3}))
+    assert separator_id("auto", tmp_path) == 3
+    assert separator_id(2, tmp_path) == 2
+
+
+def test_a_hub_model_that_is_not_cached_offline_says_how_to_use_a_folder(tmp_path: Path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(InputError) as error:
+        resolve_model("macwiatrak/bacformer-masked-MAG", setting="bacformer", files=FOLDER_FILES)
+    message = str(error.value)
+    assert "bacformer.model" in message and "local folder" in message and "hf download" in message
+    assert "vocab.txt" not in message and "embeddings.model" not in message
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    return build_tiny_bacformer(tmp_path_factory.mktemp("model") / "bacformer", DIM)
+
+
+def test_tiny_model_loads_as_an_encoder_and_wrong_folders_are_refused(tiny_folder: Path, tmp_path: Path):
+    model = load_bacformer(tiny_folder, torch.device("cpu"), torch.float32)
+    assert isinstance(model, BacformerModel) and not model.training and model.config.hidden_size == DIM
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    config = json.loads((tiny_folder / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * DIM}))
+    (broken / "model.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes())
+    with pytest.raises(InputError, match="do not load|wrong shape"):
+        load_bacformer(broken, torch.device("cpu"), torch.float32)
+    (broken / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(InputError, match="not Bacformer"):
+        load_bacformer(broken, torch.device("cpu"), torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- shard files
+
+
+def write_shard(folder: Path, genomes: dict[str, list[np.ndarray]], contig_gap: bool = True) -> tuple[Path, Path]:
+    """An embeddings shard and its protein table; a genome's second contig gets index 2 (contig 1 had no
+    proteins), as the protein table numbers contigs in file order."""
+    rows = []
+    for genome_id, contigs in genomes.items():
+        index = 0
+        for contig, vectors in enumerate(contigs):
+            number = contig + 1 if contig_gap and contig else contig
+            for vector in vectors:
+                rows.append((genome_id, number, index, f"{genome_id}_p{index}", f"{genome_id}_c{number}", vector))
+                index += 1
+    genome_ids, contig_index, protein_index, protein_ids, contig_ids, vectors = zip(*rows)
+    vectors_path, proteins_path = folder / "vectors.parquet", folder / "proteins.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "genome_id": genome_ids,
+                "contig_index": pa.array(contig_index, pa.int32()),
+                "protein_index": pa.array(protein_index, pa.int32()),
+                "seq_hash": ["0" * 32] * len(rows),
+                "vector": vector_array(np.stack(vectors), "float32"),
+            }
+        ),
+        vectors_path,
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "genome_id": genome_ids,
+                "contig_id": contig_ids,
+                "contig_index": pa.array(contig_index, pa.int32()),
+                "protein_index": pa.array(protein_index, pa.int32()),
+                "protein_id": protein_ids,
+            }
+        ),
+        proteins_path,
+    )
+    return vectors_path, proteins_path
+
+
+def test_shard_job_writes_every_protein_and_genome_and_reruns_identically(tiny_folder: Path, tmp_path, monkeypatch):
+    # As on the fake-GPU test cluster: a GPU is named but none is usable, so the job runs on the CPU.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    genomes = {"long": genome(9, [70, 40]), "short": genome(10, [6, 3]), "one": genome(11, [1])}
+    vectors_path, proteins_path = write_shard(tmp_path, genomes)
+    outputs = {}
+    for run_name, mode in (("a", "windowed"), ("b", "windowed"), ("t", "truncate")):
+        out = tmp_path / run_name
+        counts = bacformer_shard(
+            vectors_path,
+            proteins_path,
+            out / "proteins.parquet",
+            out / "genomes.parquet",
+            shard="00000",
+            model=str(tiny_folder),
+            revision=None,
+            name="tiny",
+            settings=settings(mode=mode),
+        )
+        outputs[run_name] = (pq.read_table(out / "proteins.parquet"), pq.read_table(out / "genomes.parquet"))
+        assert counts["genomes"] == 3 and counts["proteins"] == 120
+    proteins, genome_rows = outputs["a"]
+    assert proteins.num_rows == 120 and proteins.column_names == [
+        "genome_id",
+        "protein_index",
+        "protein_id",
+        "contig",
+        "contig_index",
+        "vector",
+    ]
+    assert proteins.column("contig").to_pylist()[:71] == ["long_c0"] * 70 + ["long_c2"]
+    assert np.isfinite(np.stack(proteins.column("vector").to_numpy(zero_copy_only=False))).all()
+    rows = {row["genome_id"]: row for row in genome_rows.to_pylist()}
+    assert rows["long"]["mode"] == "windowed" and rows["long"]["windows"] > 1 and rows["long"]["contigs"] == 2
+    assert rows["short"]["mode"] == "whole" and rows["short"]["tokens"] == 1 + 9 + 2 + 1
+    assert all(row["proteins_embedded"] == row["proteins"] and row["proteins_cut"] == 0 for row in rows.values())
+    identity = model_identity(tmp_path / "a" / "genomes.parquet")
+    assert identity["name"] == "tiny" and identity["random_init"] and identity["sep_token_id"] == 2
+    assert pq.read_schema(tmp_path / "a" / "genomes.parquet").metadata[b"bacflow.bacformer_device"] == b"cpu (cpu)"
+    # Reruns give the same tables.
+    assert outputs["b"][0].equals(proteins) and outputs["b"][1].equals(genome_rows)
+    # Truncation: the long genome keeps its first 38 proteins; the others are whole.
+    truncated_proteins, truncated_genomes = outputs["t"]
+    cut = {row["genome_id"]: row for row in truncated_genomes.to_pylist()}["long"]
+    assert cut["mode"] == "truncated" and cut["proteins_embedded"] == LIMIT - 2 and cut["proteins_cut"] == 110 - 38
+    assert truncated_proteins.num_rows == 120 - cut["proteins_cut"]
+
+    # The cohort table: the shards' rows in order, the model in its metadata; shards of two models are refused.
+    count = gather_genomes(
+        [tmp_path / "a" / "genomes.parquet", tmp_path / "t" / "genomes.parquet"], tmp_path / "g.parquet"
+    )
+    assert count == 6 and MODEL_KEY.encode() in pq.read_schema(tmp_path / "g.parquet").metadata
+
+
+def test_shards_of_different_models_are_not_gathered(tiny_folder: Path, tmp_path: Path):
+    vectors_path, proteins_path = write_shard(tmp_path, {"g": genome(12, [4])})
+    paths = []
+    for name in ("x", "y"):
+        bacformer_shard(
+            vectors_path,
+            proteins_path,
+            tmp_path / name / "p.parquet",
+            tmp_path / name / "g.parquet",
+            shard="00000",
+            model=str(tiny_folder),
+            revision=None,
+            name=name,
+            settings=settings(),
+        )
+        paths.append(tmp_path / name / "g.parquet")
+    with pytest.raises(InputError, match="different models"):
+        gather_genomes(paths, tmp_path / "all.parquet")
+
+
+def test_vectors_of_another_width_are_refused(tiny_folder: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    vectors_path, proteins_path = write_shard(tmp_path, {"g": [rng.normal(size=(3, 16)).astype(np.float32)]})
+    with pytest.raises(InputError, match="size 16.*hidden size 32"):
+        bacformer_shard(
+            vectors_path,
+            proteins_path,
+            tmp_path / "p.parquet",
+            tmp_path / "g.parquet",
+            shard="00000",
+            model=str(tiny_folder),
+            revision=None,
+            name="tiny",
+            settings=settings(),
+        )
+    assert not (tmp_path / "p.parquet").exists()

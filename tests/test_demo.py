@@ -1,0 +1,86 @@
+"""The demo (config/demo.yaml) end to end: proteins, families, ESM-2 and Bacformer embeddings with tiny random
+models built offline, and the HTML report; and the error for a hub model that cannot be had."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from bacflow.demo import write_demo_sheet
+from workflow_helpers import REPO, SNAKEMAKE, snakemake
+
+# Fewer ESM-2 bucket jobs than the demo's 16 (each loads PyTorch); the bucket count changes no vector.
+BUCKETS = 2
+
+
+def demo_args(workdir: Path, *extra: str) -> list[str]:
+    return [
+        *("--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "demo.yaml")),
+        *("--config", f"samples={workdir / 'samples.tsv'}", f"outdir={workdir / 'results'}", f"buckets={BUCKETS}"),
+        *extra,
+    ]
+
+
+def vectors(table) -> np.ndarray:
+    column = table.column(table.schema.names[-1]).combine_chunks()
+    return column.flatten().to_numpy().reshape(len(column), -1)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_report_and_stable_reruns(tmp_path: Path):
+    write_demo_sheet(tmp_path / "samples.tsv")
+    snakemake(tmp_path, "all", *demo_args(tmp_path))
+    results = tmp_path / "results"
+    bacformer = results / "bacformer" / "tiny-random"
+    proteins = ds.dataset(results / "proteins", format="parquet", partitioning="hive").to_table()
+    qc = pq.read_table(results / "qc" / "genomes.parquet")
+
+    genomes = pq.read_table(bacformer / "genomes.parquet")
+    assert sorted(genomes.column("genome_id").to_pylist()) == sorted(qc.column("genome_id").to_pylist())
+    assert genomes.column("proteins").to_pylist() == qc.column("proteins").to_pylist()
+    assert set(genomes.column("mode").to_pylist()) == {"whole"}  # both demo genomes fit 6000 tokens
+    assert np.isfinite(vectors(genomes)).all() and vectors(genomes).shape == (2, 48)
+
+    contextual = pq.read_table(bacformer / "proteins").drop_columns(["shard"])  # the Hive dataset, all shards
+    keys = ["genome_id", "protein_index"]
+    assert contextual.select(keys).equals(proteins.select(keys).cast(contextual.select(keys).schema))
+    assert contextual.column("protein_id").equals(proteins.column("protein_id"))
+    assert np.isfinite(vectors(contextual)).all()
+
+    # The report: the figures and the QC table, in one HTML file.
+    report = tmp_path / "report.html"
+    snakemake(tmp_path, "--report", str(report), *demo_args(tmp_path))
+    page = report.read_text()
+    for name in ("proteins_per_genome.png", "qc_flags.html", "family_sizes.png", "genome_projection.png"):
+        assert name in page
+
+    # Rerunning the Bacformer jobs gives the same tables.
+    snakemake(tmp_path, "bacformer", "--forcerun", "bacformer_shard", *demo_args(tmp_path))
+    assert pq.read_table(bacformer / "genomes.parquet").equals(genomes)
+    assert pq.read_table(bacformer / "proteins").drop_columns(["shard"]).equals(contextual)
+
+
+def test_a_hub_model_that_is_not_cached_fails_before_any_job(tmp_path: Path):
+    write_demo_sheet(tmp_path / "samples.tsv")
+    hub_model = tmp_path / "hub_model.yaml"
+    hub_model.write_text("bacformer:\n  model: macwiatrak/bacformer-masked-MAG\n  tiny_model: false\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    args = demo_args(tmp_path)
+    args.insert(args.index("--config"), str(hub_model))  # a third config file, after the demo's
+    result = subprocess.run(
+        [*SNAKEMAKE, *("--directory", str(tmp_path), "--dry-run", "bacformer"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "bacformer.model 'macwiatrak/bacformer-masked-MAG' is not in the Hugging Face cache" in output
+    assert "set bacformer.model to a local folder" in output
