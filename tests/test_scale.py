@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from workflow_helpers import PYRODIGAL_DATA, planned_jobs, write_sheet
+from workflow_helpers import PYRODIGAL_DATA, REPO, planned_jobs, write_sheet
 
 GENOMES, SHARD_SIZE, BUCKETS = 10_000, 100, 16
 # A tenth of the genomes in a tenth of the 2 minutes that 100,000 may take (they take ~30 s on a 2-core
@@ -23,10 +23,15 @@ def test_cohort_dry_run_schedules_shards_and_buckets_not_genomes(tmp_path: Path)
     rows = [(f"g{index:06d}", str(files[index % len(files)]), "11", "draft") for index in range(GENOMES)]
     write_sheet(tmp_path / "samples.tsv", rows)
 
+    # The tiny models: planning resolves a hub model id, which needs the network (or the HF cache).
+    tiny = tmp_path / "tiny_models.yaml"
+    tiny.write_text("embeddings:\n  tiny_model: true\nbacformer:\n  tiny_model: true\n")
+
     start = time.monotonic()
     jobs = planned_jobs(
         tmp_path,
-        *("all", "--profile", "slurm", "--config", f"samples={tmp_path / 'samples.tsv'}"),
+        *("all", "--profile", "slurm", "--configfile", str(REPO / "config" / "config.yaml"), str(tiny)),
+        *("--config", f"samples={tmp_path / 'samples.tsv'}"),
         *(f"shard_size={SHARD_SIZE}", f"buckets={BUCKETS}"),
     )
     elapsed = time.monotonic() - start
