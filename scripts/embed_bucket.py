@@ -1,0 +1,17 @@
+from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
+from bacflow.logs import logging_to
+
+with logging_to(snakemake.log[0]) as log:
+    counts = embed_bucket(
+        snakemake.input.bucket,
+        dict(zip(snakemake.params.shards, snakemake.input.shards)),
+        snakemake.output[0],
+        bucket=int(snakemake.wildcards.bucket),
+        n_buckets=snakemake.params.buckets,
+        model=snakemake.params.model,
+        revision=snakemake.params.revision,
+        store_root=snakemake.params.store,
+        settings=EmbeddingSettings(**snakemake.params.settings),
+        threads=snakemake.threads,
+    )
+    log.info("bucket %s: %s", snakemake.wildcards.bucket, counts)

@@ -1,0 +1,13 @@
+from bacflow.embedding_stage import gather_shard
+from bacflow.logs import logging_to
+
+with logging_to(snakemake.log[0]) as log:
+    shard = snakemake.wildcards.shard
+    count = gather_shard(
+        snakemake.input.proteins,
+        snakemake.input.buckets,
+        shard,
+        snakemake.output.vectors,
+        snakemake.output.qc,
+    )
+    log.info("shard %s: %d protein vectors", shard, count)

@@ -1,0 +1,238 @@
+"""The embeddings stage as library calls (what the workflow's jobs run), on a cohort of real proteins with
+repeated genomes: each unique sequence embedded exactly once, the store reused across runs and bucket
+counts but never across recipes, a killed bucket job resumed, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from transformers import EsmModel, EsmTokenizer
+
+from bacflow.embedding_stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard
+from bacflow.errors import InputError
+from bacflow.esm_embed import PROBE_SEQUENCE
+from bacflow.seqhash import seq_hash
+from bacflow.unique import gather_bucket, shard_unique
+from conftest import needs_shared
+from esm_helpers import CT_D_PROTEINS, read_fasta, tiny_esm  # noqa: F401 (fixture)
+
+pytestmark = needs_shared
+CT_114V1_PROTEINS = CT_D_PROTEINS.parents[1] / "drafts" / "Ctrachomatis_114V1_GCF_003788785.1.cds_translations.faa.gz"
+SETTINGS = EmbeddingSettings(dtype="float32", cpu_token_budget=3000)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, Path]:
+    """Two genome shards of real proteins: shard 00000 holds two C. trachomatis strains, shard 00001 the
+    first strain again under another genome_id (a repeated genome), plus proteins of a third strain."""
+    folder = tmp_path_factory.mktemp("cohort")
+    d_strain = read_fasta(CT_D_PROTEINS)[:80] + [p for p in read_fasta(CT_D_PROTEINS) if len(p) > 1022][:2]
+    strain_114 = read_fasta(CT_114V1_PROTEINS)[:80]
+    genomes = {"00000": {"ctD": d_strain, "ct114": strain_114}, "00001": {"ctD_again": d_strain, "ct114_part": strain_114[40:]}}
+    paths = {}
+    for shard, members in genomes.items():
+        rows = [
+            {"genome_id": genome, "contig_index": 0, "protein_index": index, "sequence": protein,
+             "length": len(protein), "seq_hash": seq_hash(protein)}
+            for genome, proteins in members.items()
+            for index, protein in enumerate(proteins)
+        ]  # fmt: skip
+        schema = pa.schema(
+            [("genome_id", pa.string()), ("contig_index", pa.int32()), ("protein_index", pa.int32()),
+             ("sequence", pa.string()), ("length", pa.int32()), ("seq_hash", pa.string())]
+        )  # fmt: skip
+        paths[shard] = folder / f"proteins-{shard}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), paths[shard])
+    return paths
+
+
+def run_stage(cohort: dict[str, Path], work: Path, model: Path, store: Path, n_buckets: int, settings=SETTINGS) -> dict:
+    """unique -> embed every bucket -> gather every shard -> QC, as the workflow's jobs do."""
+    unique = {shard: work / f"unique-{shard}.parquet" for shard in cohort}
+    for shard, proteins in cohort.items():
+        shard_unique(proteins, unique[shard], n_buckets)
+    counts, bucket_outputs = [], []
+    for bucket in range(n_buckets):
+        gather_bucket(unique.values(), bucket, work / f"bucket-{bucket}.parquet")
+        bucket_outputs.append(work / f"vectors-{bucket}.parquet")
+        counts.append(
+            embed_bucket(
+                work / f"bucket-{bucket}.parquet", unique, bucket_outputs[-1], bucket=bucket, n_buckets=n_buckets,
+                model=str(model), revision=None, store_root=store, settings=settings,
+            )
+        )  # fmt: skip
+    for shard, proteins in cohort.items():
+        gather_shard(proteins, bucket_outputs, shard, work / f"shard-{shard}.parquet", work / f"qc-{shard}.parquet")
+    embedding_qc([work / f"qc-{shard}.parquet" for shard in cohort], work / "qc.parquet")
+    return {
+        "counts": counts,
+        "shards": {shard: pq.read_table(work / f"shard-{shard}.parquet") for shard in cohort},
+        "qc": pq.read_table(work / "qc.parquet").to_pandas().set_index("genome_id"),
+    }
+
+
+@pytest.fixture
+def model_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Every sequence (as its token ids) that EsmModel is run on, in this test."""
+    fed: list[tuple[int, ...]] = []
+    forward = EsmModel.forward
+
+    def counting(self, input_ids=None, attention_mask=None, **kwargs):
+        fed.extend(tuple(row[mask.bool()].tolist()) for row, mask in zip(input_ids, attention_mask))
+        return forward(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    monkeypatch.setattr(EsmModel, "forward", counting)
+    return fed
+
+
+def unique_sequences(cohort: dict[str, Path]) -> set[str]:
+    return {s for path in cohort.values() for s in pq.read_table(path, columns=["sequence"]).column(0).to_pylist()}
+
+
+def test_each_unique_sequence_is_embedded_exactly_once(cohort, tiny_esm: Path, tmp_path: Path, model_inputs):
+    result = run_stage(cohort, tmp_path, tiny_esm, tmp_path / "store", n_buckets=3)
+    tokenizer = EsmTokenizer.from_pretrained(tiny_esm)
+    probe = tuple(tokenizer(PROBE_SEQUENCE)["input_ids"])
+    embedded = Counter(ids for ids in model_inputs if ids != probe)
+    expected = {tuple(tokenizer(s, truncation=True, max_length=1024)["input_ids"]) for s in unique_sequences(cohort)}
+    assert set(embedded) == expected and set(embedded.values()) == {1}
+    assert sum(count["embedded"] for count in result["counts"]) == len(expected)
+
+    proteins = sum(table.num_rows for table in result["shards"].values())
+    assert proteins > len(expected)  # the repeated genome really repeats sequences
+    shard = result["shards"]["00000"]
+    source = pq.read_table(cohort["00000"])
+    assert shard.select(["genome_id", "protein_index", "seq_hash"]).equals(source.select(["genome_id", "protein_index", "seq_hash"]))
+    assert pa.types.is_fixed_size_list(shard.schema.field("vector").type) and shard.schema.field("vector").type.list_size == 48
+
+    qc = result["qc"]
+    lengths = source.filter(pc.equal(source.column("genome_id"), "ctD")).column("length").to_pylist()
+    assert qc.loc["ctD", "proteins"] == 82 and qc.loc["ctD", "truncated_proteins"] == sum(n > 1022 for n in lengths) >= 2
+    assert (qc.sequences_embedded + qc.sequences_reused == qc.distinct_sequences).all()
+    assert (qc.sequences_reused == 0).all()  # nothing was in the store before this run
+
+
+def test_a_second_run_with_the_same_store_embeds_nothing(cohort, tiny_esm: Path, tmp_path: Path, model_inputs):
+    first = run_stage(cohort, tmp_path / "first", tiny_esm, tmp_path / "store", n_buckets=3)
+    model_inputs.clear()
+    # Another bucket count too: a bucket of 2 reads the compatible parts written by a run with 3.
+    second = run_stage(cohort, tmp_path / "second", tiny_esm, tmp_path / "store", n_buckets=2)
+    assert model_inputs == [] and sum(count["embedded"] for count in second["counts"]) == 0
+    assert (second["qc"].sequences_embedded == 0).all()
+    assert (second["qc"].sequences_reused == second["qc"].distinct_sequences).all()
+    for shard, table in first["shards"].items():
+        assert table.column("vector").equals(second["shards"][shard].column("vector"))
+
+
+def test_a_new_recipe_embeds_everything_again(cohort, tiny_esm: Path, tmp_path: Path, model_inputs):
+    run_stage(cohort, tmp_path / "first", tiny_esm, tmp_path / "store", n_buckets=2)
+    model_inputs.clear()
+    half = run_stage(cohort, tmp_path / "half", tiny_esm, tmp_path / "store", 2, replace(SETTINGS, vector_dtype="float16"))
+    assert sum(count["embedded"] for count in half["counts"]) == len(unique_sequences(cohort))
+    assert half["shards"]["00000"].schema.field("vector").type.value_type == pa.float16()
+    assert len(list((tmp_path / "store").iterdir())) == 2  # one folder per recipe
+
+
+def test_vectors_do_not_depend_on_the_bucket_count(cohort, tiny_esm: Path, tmp_path: Path):
+    one = run_stage(cohort, tmp_path / "one", tiny_esm, tmp_path / "store1", n_buckets=1)
+    five = run_stage(cohort, tmp_path / "five", tiny_esm, tmp_path / "store5", n_buckets=5, settings=replace(SETTINGS, cpu_token_budget=900))
+    for shard, table in one["shards"].items():
+        a = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+        b = np.stack(five["shards"][shard].column("vector").to_numpy(zero_copy_only=False))
+        assert np.abs(a - b).max() <= 1e-5
+
+
+KILLABLE = """
+import json, sys, time
+from transformers import EsmModel
+forward = EsmModel.forward
+def slow(self, *args, **kwargs):
+    time.sleep(0.2)  # slow enough to be killed midway
+    return forward(self, *args, **kwargs)
+EsmModel.forward = slow
+from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
+args = json.loads(sys.argv[1])
+embed_bucket(args["bucket"], args["unique"], args["out"], bucket=0, n_buckets=1, model=args["model"], revision=None,
+             store_root=args["store"], settings=EmbeddingSettings(**args["settings"]))
+"""
+
+
+def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohort, tiny_esm: Path, tmp_path: Path):
+    unique = {shard: tmp_path / f"unique-{shard}.parquet" for shard in cohort}
+    for shard, proteins in cohort.items():
+        shard_unique(proteins, unique[shard], 1)
+    bucket = tmp_path / "bucket-0.parquet"
+    total = gather_bucket(unique.values(), 0, bucket)
+    store, out = tmp_path / "store", tmp_path / "vectors-0.parquet"
+    settings = replace(SETTINGS, cpu_token_budget=1000, checkpoint_sequences=10)
+    arguments = {"bucket": str(bucket), "unique": {k: str(v) for k, v in unique.items()}, "out": str(out),
+                 "model": str(tiny_esm), "store": str(store), "settings": asdict(settings)}  # fmt: skip
+    job = subprocess.Popen([sys.executable, "-c", KILLABLE, json.dumps(arguments)], env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    deadline = time.monotonic() + 120
+    while len(list(store.glob("*/parts/*.parquet"))) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    kept = list(store.glob("*/parts/*.parquet"))
+    assert job.returncode == -signal.SIGKILL and 2 <= len(kept) and not out.exists()
+    stored_before = sum(pq.read_metadata(path).num_rows for path in kept)
+    assert 0 < stored_before < total
+
+    counts = embed_bucket(bucket, unique, out, bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=store, settings=settings)
+    assert counts["reused"] >= stored_before and counts["embedded"] == total - counts["reused"]
+    parts = pq.read_table(store / counts["recipe"] / "parts")
+    assert parts.num_rows == total and len(set(parts.column("seq_hash").to_pylist())) == total
+
+    clean = tmp_path / "clean"
+    embed_bucket(bucket, unique, clean / "vectors.parquet", bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=clean, settings=settings)
+    resumed = pq.read_table(out).sort_by([("shard", "ascending"), ("seq_hash", "ascending")])
+    fresh = pq.read_table(clean / "vectors.parquet").sort_by([("shard", "ascending"), ("seq_hash", "ascending")])
+    assert resumed.column("seq_hash").equals(fresh.column("seq_hash"))
+    difference = np.stack(resumed.column("vector").to_numpy(zero_copy_only=False)) - np.stack(fresh.column("vector").to_numpy(zero_copy_only=False))
+    assert np.abs(difference).max() <= 1e-5
+
+
+def test_an_empty_bucket_loads_no_model(tiny_esm: Path, tmp_path: Path, model_inputs):
+    empty = tmp_path / "bucket-0.parquet"
+    pq.write_table(pa.table({"seq_hash": pa.array([], pa.string()), "sequence": pa.array([], pa.string())}), empty)
+    counts = embed_bucket(empty, {}, tmp_path / "out.parquet", bucket=0, n_buckets=4, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
+    assert counts["sequences"] == 0 and counts["model_calls"] == 0 and model_inputs == []
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 0
+
+
+def test_bad_bucket_files_are_named(tiny_esm: Path, tmp_path: Path):
+    def run(table: pa.Table, n_buckets: int = 4):
+        pq.write_table(table, tmp_path / "bucket.parquet")
+        embed_bucket(tmp_path / "bucket.parquet", {}, tmp_path / "out.parquet", bucket=0, n_buckets=n_buckets, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
+
+    with pytest.raises(InputError, match="bucket.parquet.*lacks seq_hash/sequence"):
+        run(pa.table({"seq_hash": [seq_hash("MKV")]}))
+    wrong = next(s for s in ("MKV", "MKVL", "MKVLA", "MKVLAW") if int(seq_hash(s)[:8], 16) % 4 != 0)
+    with pytest.raises(InputError, match="row 0.*belongs to bucket .* of 4, not 0"):
+        run(pa.table({"seq_hash": [seq_hash(wrong)], "sequence": [wrong]}))
+    with pytest.raises(InputError, match="row 0: empty sequence"):
+        run(pa.table({"seq_hash": [seq_hash("")], "sequence": [""]}), n_buckets=1)
+
+
+def test_gather_refuses_missing_vectors_and_mixed_recipes(cohort, tiny_esm: Path, tmp_path: Path):
+    run_stage(cohort, tmp_path, tiny_esm, tmp_path / "store", n_buckets=2)
+    vectors = [tmp_path / "vectors-0.parquet", tmp_path / "vectors-1.parquet"]
+    with pytest.raises(InputError, match="no vector for .* proteins"):
+        gather_shard(cohort["00000"], vectors[:1], "00000", tmp_path / "s.parquet", tmp_path / "q.parquet")
+    other = tmp_path / "other"
+    run_stage(cohort, other, tiny_esm, other / "store", 2, replace(SETTINGS, pooling="mean_residues"))
+    with pytest.raises(InputError, match="different embedding recipes"):
+        gather_shard(cohort["00000"], [vectors[0], other / "vectors-1.parquet"], "00000", tmp_path / "s.parquet", tmp_path / "q.parquet")
