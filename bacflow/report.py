@@ -8,13 +8,15 @@ running sums of the embeddings, so memory does not grow with the cohort beyond a
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -46,15 +48,28 @@ def _model_note(genomes_path: str | Path) -> str:
     return note
 
 
+def _with_bacformer(qc: pa.Table, genomes_path: str | Path, columns: Sequence[str]) -> pa.Table:
+    """`qc` (rows of qc/genomes.parquet) with `columns` of the Bacformer genome table beside, in `qc`'s order.
+
+    Quarantined genomes have no Bacformer row: their columns are null. Arrow columns take a few bytes per
+    genome, so this stays small for cohorts of millions of genomes."""
+    bacformer = pq.read_table(genomes_path, columns=["genome_id", *columns])
+    rows = pc.index_in(qc.column("genome_id"), value_set=bacformer.column("genome_id"))  # null: no row
+    beside = bacformer.select(list(columns)).take(rows)
+    for name in columns:
+        qc = qc.append_column(name, beside.column(name))
+    return qc
+
+
 def proteins_per_genome(qc_path: str | Path, genomes_path: str | Path, out_path: str | Path, limit: int) -> None:
     """Proteins of each genome (bars for a few genomes, a histogram for many), marking those that Bacformer
     had to window or truncate and the model's limit (`limit` tokens)."""
-    qc = pq.read_table(qc_path, columns=["genome_id", "proteins"])
-    modes = dict(zip(*pq.read_table(genomes_path, columns=["genome_id", "mode"]).to_pydict().values()))
-    ids, counts = qc.column("genome_id").to_pylist(), np.asarray(qc.column("proteins").to_numpy(), dtype=float)
-    long = np.array([modes.get(genome, "whole") != "whole" for genome in ids])
+    table = _with_bacformer(pq.read_table(qc_path, columns=["genome_id", "proteins"]), genomes_path, ["mode"])
+    counts = table.column("proteins").to_numpy().astype(float)
+    long = pc.fill_null(pc.not_equal(table.column("mode"), "whole"), False).to_numpy(zero_copy_only=False)
+    ids = table.column("genome_id").to_pylist() if table.num_rows <= MAX_BARS else []
     plt = _pyplot()
-    if len(ids) <= MAX_BARS:
+    if table.num_rows <= MAX_BARS:
         fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(ids)))
         ax.barh(ids, counts, color=np.where(long, "tab:orange", "tab:blue"))
         ax.invert_yaxis()
@@ -67,54 +82,72 @@ def proteins_per_genome(qc_path: str | Path, genomes_path: str | Path, out_path:
         ax.set_ylabel("genomes")
     ax.axvline(limit, color="grey", linestyle="--", linewidth=1)
     ax.text(limit, 0.02, f" {limit} tokens ", transform=ax.get_xaxis_transform(), color="grey", fontsize=8, ha="right")
-    ax.set_title(f"Proteins per genome, {len(ids):,} genomes (orange: windowed or truncated by Bacformer)", fontsize=10)
+    ax.set_title(
+        f"Proteins per genome, {table.num_rows:,} genomes (orange: windowed or truncated by Bacformer)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
 
 
-#: QC flags: (label, column of qc/genomes.parquet or of the Bacformer genome table, test of a row).
-_FLAGS = (
-    ("quarantined", "quarantine_reason", lambda value: bool(value)),
-    ("gene-calling or reading warnings", "warnings", lambda value: bool(value)),
-    ("proteins longer than ESM-2 sees (1,022 residues)", "proteins_over_1022", lambda value: (value or 0) > 0),
-    ("proteins beyond the published Bacformer's 6,000", "proteins_beyond_6000", lambda value: (value or 0) > 0),
-    ("contigs beyond the published Bacformer's 1,000", "contigs_beyond_1000", lambda value: (value or 0) > 0),
-    ("Bacformer: windowed", "mode", lambda value: value == "windowed"),
-    ("Bacformer: truncated", "mode", lambda value: value == "truncated"),
-    ("Bacformer: proteins without a vector (truncation)", "proteins_cut", lambda value: (value or 0) > 0),
+def _positive_values(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    # Nulls count as 0: no flag is null, since pc.or_ would make the genome's combined flag null.
+    return pc.greater(pc.fill_null(values, 0), 0)
+
+
+def _positive(column: str) -> Callable[[pa.Table], pa.ChunkedArray]:
+    return lambda table: _positive_values(table[column])
+
+
+def _mode_is(mode: str) -> Callable[[pa.Table], pa.ChunkedArray]:
+    return lambda table: pc.fill_null(pc.equal(table["mode"], mode), False)
+
+
+#: QC flags: (label, test of the joined qc/genomes.parquet and Bacformer genome table, true per flagged genome).
+_FLAGS: tuple[tuple[str, Callable[[pa.Table], pa.ChunkedArray]], ...] = (
+    ("quarantined", lambda table: pc.greater(pc.utf8_length(pc.fill_null(table["quarantine_reason"], "")), 0)),
+    ("gene-calling or reading warnings", lambda table: _positive_values(pc.list_value_length(table["warnings"]))),
+    ("proteins longer than ESM-2 sees (1,022 residues)", _positive("proteins_over_1022")),
+    ("proteins beyond the published Bacformer's 6,000", _positive("proteins_beyond_6000")),
+    ("contigs beyond the published Bacformer's 1,000", _positive("contigs_beyond_1000")),
+    ("Bacformer: windowed", _mode_is("windowed")),
+    ("Bacformer: truncated", _mode_is("truncated")),
+    ("Bacformer: proteins without a vector (truncation)", _positive("proteins_cut")),
 )
-_QC_COLUMNS = ("genome_id", "group", "proteins", "quarantine_reason", "warnings")
-_QC_FLAG_COLUMNS = ("proteins_over_1022", "proteins_beyond_6000", "contigs_beyond_1000")
+_QC_COLUMNS = (
+    "genome_id",
+    "group",
+    "proteins",
+    "quarantine_reason",
+    "warnings",
+    "proteins_over_1022",
+    "proteins_beyond_6000",
+    "contigs_beyond_1000",
+)
 _BACFORMER_COLUMNS = ("mode", "windows", "proteins_cut")
 
 
 def qc_flags(qc_path: str | Path, genomes_path: str | Path, out_path: str | Path) -> None:
     """An HTML page: how many genomes raise each QC flag, then the flagged genomes (the first
-    `MAX_TABLE_ROWS`, in sheet order) with their flags."""
-    qc = pq.read_table(qc_path, columns=[*_QC_COLUMNS, *_QC_FLAG_COLUMNS]).to_pylist()
-    bacformer = {
-        row["genome_id"]: row
-        for row in pq.read_table(genomes_path, columns=["genome_id", *_BACFORMER_COLUMNS]).to_pylist()
-    }
-    counts: Counter[str] = Counter()
-    flagged = []
-    for row in qc:
-        row.update(bacformer.get(row["genome_id"], {}))
-        flags = [label for label, column, test in _FLAGS if test(row.get(column))]
-        counts.update(flags)
-        if flags:
-            flagged.append((row, flags))
-    summary = [[label, f"{counts[label]:,}"] for label, _, _ in _FLAGS]
+    `MAX_TABLE_ROWS`, in sheet order) with their flags.
+
+    The flags are computed on Arrow columns (a few bytes per genome); only the listed rows become Python
+    objects, so a cohort of a million genomes costs tens of megabytes."""
+    table = _with_bacformer(pq.read_table(qc_path, columns=list(_QC_COLUMNS)), genomes_path, _BACFORMER_COLUMNS)
+    flags = [(label, test(table).combine_chunks()) for label, test in _FLAGS]
+    summary = [[label, f"{pc.sum(flag).as_py() or 0:,}"] for label, flag in flags]
+    any_flag = functools.reduce(pc.or_, (flag for _, flag in flags))
+    flagged = pc.indices_nonzero(any_flag)
+    shown = flagged[:MAX_TABLE_ROWS]
     listed = [
         [
             row["genome_id"],
             row["group"],
             f"{row['proteins']:,}",
-            "; ".join(flags),
+            "; ".join(label for label, flag in flags if flag[index].as_py()),
             row["quarantine_reason"] or "; ".join(row["warnings"] or []),
         ]
-        for row, flags in flagged[:MAX_TABLE_ROWS]
+        for index, row in zip(shown.to_pylist(), table.take(shown).to_pylist())
     ]
     more = (
         f"<p>… and {len(flagged) - MAX_TABLE_ROWS:,} more: see the QC tables.</p>"
@@ -125,7 +158,7 @@ def qc_flags(qc_path: str | Path, genomes_path: str | Path, out_path: str | Path
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>QC flags</title><style>"
         "body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse;margin-bottom:1em}"
         "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>"
-        f"<h3>QC flags of {len(qc):,} genomes ({len(flagged):,} flagged)</h3>"
+        f"<h3>QC flags of {table.num_rows:,} genomes ({len(flagged):,} flagged)</h3>"
         + _html_table(["flag", "genomes"], summary)
         + (
             "<h3>Flagged genomes</h3>"

@@ -4,6 +4,7 @@ models built offline, and the HTML report; and the error for a hub model that ca
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from bacflow.bacformer_model import build_tiny_bacformer, output_name
 from bacflow.demo import write_demo_sheet
 from workflow_helpers import REPO, SNAKEMAKE, snakemake
 
@@ -84,3 +86,21 @@ def test_a_hub_model_that_is_not_cached_fails_before_any_job(tmp_path: Path):
     output = result.stdout + result.stderr
     assert "bacformer.model 'macwiatrak/bacformer-masked-MAG' is not in the Hugging Face cache" in output
     assert "set bacformer.model to a local folder" in output
+
+
+def test_model_sources_plan_their_jobs_and_name_their_results(tmp_path: Path):
+    """`pretrain` trains this config's run first and reads its model/ folder; a local folder is used as is."""
+    write_demo_sheet(tmp_path / "samples.tsv")
+    folder = build_tiny_bacformer(tmp_path / "my model", 48)
+    for model, name, jobs in (
+        ("pretrain", "pretrain-bacformer", {"pretrain_train": 1, "bacformer_shard": 2, "bacformer_tiny_model": 0}),
+        (str(folder), output_name(str(folder)), {"pretrain_train": 0, "bacformer_shard": 2, "bacformer_tiny_model": 0}),
+    ):
+        settings = tmp_path / "model.yaml"
+        settings.write_text(f"bacformer:\n  model: {model!r}\n  tiny_model: false\n")
+        args = demo_args(tmp_path)
+        args.insert(args.index("--config"), str(settings))  # a third config file, after the demo's
+        output = snakemake(tmp_path, "--dry-run", "bacformer", *args).stdout
+        planned = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
+        assert {rule: planned.get(rule, 0) for rule in jobs} == jobs, planned
+        assert f"results/bacformer/{name}/genomes.parquet" in output
