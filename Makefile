@@ -1,5 +1,5 @@
 # Two entry points, each doing its own set-up on a fresh Debian/Ubuntu machine with Python 3.11:
-#   make demo   runs the workflow end to end on the genomes bundled with pyrodigal
+#   make demo   runs the workflow end to end on the genomes bundled with pyrodigal, then writes its report
 #   make test   runs the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -36,6 +36,7 @@ slurm-deps:
 demo: setup
 	$(BIN)/python -m bacflow.demo demo/samples.tsv
 	$(BIN)/snakemake all --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --report demo/report.html --configfile config/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -ra
