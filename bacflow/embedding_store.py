@@ -27,9 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,7 @@ import pyarrow.parquet as pq
 
 from bacflow.errors import InputError
 from bacflow.esm_recipe import EmbeddingRecipe
-from bacflow.tables import write_parquet
+from bacflow.tables import atomic_path, write_parquet
 
 _PART = re.compile(r"^b(\d{4})-of-(\d{4})-([0-9a-f]{16})\.parquet$")
 _ARROW_FLOATS = {"float32": pa.float32(), "float16": pa.float16()}
@@ -84,11 +82,9 @@ class EmbeddingStore:
         self.parts_folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "recipe.json"
         if not path.exists():
-            handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".recipe.json.", suffix=".tmp")
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.recipe.description(), stream, indent=2, sort_keys=True)
-                stream.write("\n")
-            os.replace(temporary, path)  # concurrent writers write the same content
+            # atomic_path, not mkstemp: a store shared by several users must stay readable to them all.
+            with atomic_path(path) as temporary:  # concurrent writers write the same content
+                temporary.write_text(json.dumps(self.recipe.description(), indent=2, sort_keys=True) + "\n")
         try:
             stored = json.loads(path.read_text())
             same = EmbeddingRecipe(**{key: stored[key] for key in self.recipe.identity()}).identity()

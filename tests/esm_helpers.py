@@ -25,6 +25,11 @@ CT_D_PROTEINS = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765
 UNIPROT_PROTEINS = SHARED_DATA / "mmseqs2" / "DB.fasta.gz"
 ECOLI_K12 = SHARED_DATA / "genomes" / "Ecoli_K12_MG1655_ragout.fna.gz"
 
+# One thread: on a machine whose cores are busy with other work (CI runners, parallel test sessions),
+# torch's OpenMP threads spin-wait for each other and a 2-thread forward pass of a small model was
+# measured 8x slower than a 1-thread one. The tests measure results, not speed.
+torch.set_num_threads(1)
+
 
 def read_fasta(path: Path) -> list[str]:
     with gzip.open(path, "rt") as handle:
