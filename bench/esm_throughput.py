@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Throughput of bacflow's ESM-2 embedder against the reference recipe, and the cohort's dedup factor.
+
+What it measures
+----------------
+The same real proteins (default: the first 1,000 distinct proteins of the *Paracoccus* MAG's NCBI
+translations in ``../shared/data``, 30-2,000+ aa, 10 over 1,022 aa) are embedded by:
+
+* ``reference``: bacformer.pp's recipe as it runs without faesm: ``AutoModel`` (EsmModel with pooler)
+  and ``AutoTokenizer``, float32, proteins sorted by length ascending, batches of 64 padded to the
+  longest, truncation to 1,024 tokens, ``torch.no_grad``, mean over the attention mask (BOS/EOS in);
+* ``bacflow``: ``bacflow.esm_embed.Embedder`` as a bucket job runs it: batches longest first under the
+  token budget (``--token-budget``, default the config's ``cpu_token_budget``/``gpu_token_budget``),
+  ``torch.inference_mode``, float32 on the CPU, bfloat16 with SDPA on a GPU.
+
+The model is facebook/esm2_t12_35M_UR50D's architecture (12 layers, hidden 480, 20 heads, intermediate
+1,920, 33 tokens, 1,026 positions, rotary) with random weights: speed does not depend on the weights.
+Each side runs once (``--repeats`` for more), after a short untimed warm-up. Reported: wall-clock and
+process CPU seconds (with ``--threads 1`` on cores that other work shares, CPU seconds are the time the
+process really computed; rates are from wall-clock seconds), proteins/s,
+tokens/s (real tokens, BOS/EOS included, padding not counted), the ratio to the reference, achieved
+GFLOP/s (the forward pass's matrix products on real tokens, attention included) and that as a share of
+the measured matrix-multiply rate of the device (float32 on the CPU, bfloat16 on a GPU: "MFU"), and
+max |vector difference| between the two sides (float32 vs float32 on the CPU: ~1e-6; bfloat16 vs the
+float32 reference on a GPU: ~1e-2).
+
+The dedup factor is proteins / distinct sequences over the cohort in ``../shared/data/cohort`` (its own
+``samples.tsv``; annotated as the workflow does: GenBank CDS where present, else pyrodigal).
+
+How to run
+----------
+From the repository root, in the README's environment::
+
+    .venv/bin/python bench/esm_throughput.py                      # CPU, ~15 minutes on 2 idle cores
+    .venv/bin/python bench/esm_throughput.py --threads 1          # CPU, cores shared with other work
+    .venv/bin/python bench/esm_throughput.py --device cuda        # on a GPU node (bf16 vs fp32)
+    .venv/bin/python bench/esm_throughput.py --proteins 200 --no-dedup --output /tmp/esm.md  # smoke test
+
+Results go to ``bench/results/esm_throughput[_cuda].md`` (tables, with the command that made them)
+and ``.json``; the model is built under ``bench/work/esm/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from Bio import SeqIO
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bacflow.embedding_stage import EmbeddingSettings  # noqa: E402
+from bacflow.esm_embed import Embedder  # noqa: E402
+from bacflow.esm_model import load_esm  # noqa: E402
+from bacflow.seqhash import normalise_protein  # noqa: E402
+from bacflow.tiny_models import ESM2_GEOMETRIES, build_esm2  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+PROTEINS = DATA / "drafts" / "Paracoccus_sp_SCN68-21_MAG_MEES01.cds_translations.faa.gz"
+GEOMETRY = ESM2_GEOMETRIES["t12_35M"]
+MAX_LENGTH = 1024
+
+
+def load_proteins(count: int) -> list[str]:
+    with gzip.open(PROTEINS, "rt") as handle:
+        distinct = dict.fromkeys(normalise_protein(str(record.seq)) for record in SeqIO.parse(handle, "fasta"))
+    return list(distinct)[:count]
+
+
+def forward_flops(lengths: list[int]) -> float:
+    """Matrix-product FLOPs of the encoder's forward pass over these token counts (no padding)."""
+    hidden, intermediate, layers = GEOMETRY["hidden_size"], GEOMETRY["intermediate_size"], GEOMETRY["num_hidden_layers"]
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
+    return float(sum(layers * (n * per_token + 4 * n * n * hidden) for n in lengths))
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """Measured FLOP/s of a large square matrix product on `device`."""
+    size = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    synchronize(device)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        runs += 1
+    synchronize(device)
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def elapsed(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall-clock, process CPU) seconds since `start` = (time.perf_counter(), time.process_time())."""
+    return time.perf_counter() - start[0], time.process_time() - start[1]
+
+
+def run_reference(model_path: Path, proteins: list[str], device: torch.device) -> tuple[tuple[float, float], np.ndarray, dict]:
+    """bacformer.pp's recipe (HF AutoModel fp32, ascending length, batches of 64); also returns the padded
+    token count and the attention implementation transformers chose by default."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).to(device).eval()
+    order = sorted(range(len(proteins)), key=lambda index: len(proteins[index]))
+    vectors = np.zeros((len(proteins), GEOMETRY["hidden_size"]), dtype=np.float32)
+    padded = 0
+    synchronize(device)
+    start = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        for first in range(0, len(order), 64):
+            batch = order[first : first + 64]
+            inputs = tokenizer(
+                [proteins[index] for index in batch],
+                add_special_tokens=True,
+                padding="longest",
+                truncation=True,
+                max_length=MAX_LENGTH,
+                return_tensors="pt",
+            ).to(device)
+            padded += inputs["input_ids"].numel()
+            hidden = model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors[batch] = ((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy()
+    synchronize(device)
+    return elapsed(start), vectors, {"padded_tokens": padded, "attention": model.config._attn_implementation}
+
+
+def run_bacflow(
+    model_path: Path, proteins: list[str], device: torch.device, dtype: torch.dtype, budget: int
+) -> tuple[tuple[float, float], np.ndarray]:
+    model, tokenizer = load_esm(model_path, device, dtype)
+    embedder = Embedder(model, tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
+    synchronize(device)
+    start = time.perf_counter(), time.process_time()
+    vectors, _, _ = embedder.embed(proteins)
+    synchronize(device)
+    return elapsed(start), vectors
+
+
+def dedup_factor() -> dict[str, float]:
+    from bacflow.proteins import AnnotationParams, annotate_genome
+    from bacflow.samples import read_samples
+
+    proteins, distinct = 0, set()
+    samples = read_samples(DATA / "cohort" / "samples.tsv")
+    for sample in samples:
+        result = annotate_genome(sample, AnnotationParams())
+        proteins += len(result.columns["seq_hash"])
+        distinct.update(result.columns["seq_hash"])
+    return {"genomes": len(samples), "proteins": proteins, "distinct": len(distinct), "factor": proteins / len(distinct)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--proteins", type=int, default=1000)
+    parser.add_argument("--token-budget", type=int, default=None, help="default: the config's for the device")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default torch's: all cores); 1 on cores busy with other work"
+    )
+    parser.add_argument("--no-dedup", action="store_true", help="skip the cohort's dedup factor")
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results/esm_throughput[_cuda].md")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    defaults = EmbeddingSettings()
+    budget = args.token_budget or (defaults.gpu_token_budget if device.type == "cuda" else defaults.cpu_token_budget)
+    output = args.output or REPO / "bench" / "results" / f"esm_throughput{'_cuda' if device.type == 'cuda' else ''}.md"
+    model_path = REPO / "bench" / "work" / "esm" / "esm2_t12_35M-random"
+    if not (model_path / "model.safetensors").exists():
+        build_esm2(model_path, geometry="t12_35M")
+
+    proteins = load_proteins(args.proteins)
+    tokens = [min(len(protein), MAX_LENGTH - 2) + 2 for protein in proteins]
+    flops = forward_flops(tokens)
+    # Warm-up (untimed): first calls allocate and pick kernels.
+    run_reference(model_path, proteins[:8], device)
+    run_bacflow(model_path, proteins[:8], device, dtype, budget)
+
+    load_before = os.getloadavg()
+    timings: dict[str, list[tuple[float, float]]] = {"reference": [], "bacflow": []}
+    for _ in range(args.repeats):
+        seconds, reference, reference_info = run_reference(model_path, proteins, device)
+        timings["reference"].append(seconds)
+        seconds, ours = run_bacflow(model_path, proteins, device, dtype, budget)
+        timings["bacflow"].append(seconds)
+    load_after = os.getloadavg()
+    peak = matmul_rate(device, dtype)
+
+    rows = {}
+    reference_seconds = float(np.median([wall for wall, _ in timings["reference"]]))
+    reference_cpu = float(np.median([cpu for _, cpu in timings["reference"]]))
+    for name, values in timings.items():
+        seconds = float(np.median([wall for wall, _ in values]))
+        rows[name] = {
+            "seconds": seconds,
+            "cpu_seconds": float(np.median([cpu for _, cpu in values])),
+            "proteins_per_s": len(proteins) / seconds,
+            "tokens_per_s": sum(tokens) / seconds,
+            "gflop_per_s": flops / seconds / 1e9,
+            "mfu": flops / seconds / peak,
+            "ratio": reference_seconds / seconds,
+            "cpu_ratio": reference_cpu / float(np.median([cpu for _, cpu in values])),
+        }
+    result = {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+        "proteins": len(proteins),
+        "tokens": sum(tokens),
+        "proteins_over_1022": sum(len(protein) > 1022 for protein in proteins),
+        "token_budget": budget,
+        "reference_padded_tokens": reference_info["padded_tokens"],
+        "reference_attention": reference_info["attention"],
+        "dtype": str(dtype).removeprefix("torch."),
+        "matmul_gflop_per_s": peak / 1e9,
+        "max_abs_difference": float(np.abs(ours - reference).max()),
+        "results": rows,
+        "dedup": None if args.no_dedup else dedup_factor(),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    output.write_text(report(result))
+    print(output.read_text())
+
+
+def report(result: dict) -> str:
+    lines = [
+        f"# ESM-2 embedding throughput ({result['machine']['device']}, {result['dtype']})",
+        "",
+        f"Command: `{result['command']}` ({result['date']})",
+        "",
+        f"{result['proteins']} real proteins ({result['tokens']:,} tokens with BOS/EOS, {result['proteins_over_1022']} over "
+        f"1,022 aa), facebook/esm2_t12_35M_UR50D architecture with random weights; bacflow's token budget "
+        f"{result['token_budget']:,}; the reference ran {result['reference_padded_tokens']:,} tokens with padding, "
+        f"attention `{result['reference_attention']}` (transformers' default). Measured {result['dtype']} matrix-multiply rate: {result['matmul_gflop_per_s']:.0f} GFLOP/s. "
+        f"Load average before/after: {result['machine']['load_average_before'][0]:.2f} / "
+        f"{result['machine']['load_average_after'][0]:.2f} on {result['machine']['cpus']} CPUs.",
+        "",
+        "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of matmul rate | speed-up | speed-up (CPU s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in result["results"].items():
+        lines.append(
+            f"| {name} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['proteins_per_s']:.2f} | {row['tokens_per_s']:.0f} | "
+            f"{row['gflop_per_s']:.1f} | {row['mfu']:.0%} | {row['ratio']:.2f}x | {row['cpu_ratio']:.2f}x |"
+        )
+    lines += ["", f"Max |bacflow - reference| over all vector entries: {result['max_abs_difference']:.2e}."]
+    if result["dtype"] == "float32":
+        lines += ["", "GPU numbers (bf16 ours vs fp32 reference, MFU) are not in this file: no GPU was available when it was made."]
+    if result["dedup"]:
+        dedup = result["dedup"]
+        lines += [
+            "",
+            f"Dedup factor of ../shared/data/cohort ({dedup['genomes']} genomes): {dedup['proteins']:,} proteins / "
+            f"{dedup['distinct']:,} distinct sequences = {dedup['factor']:.2f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
