@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -155,6 +156,28 @@ def test_vectors_do_not_depend_on_the_bucket_count(cohort, tiny_esm: Path, tmp_p
         assert np.abs(a - b).max() <= 1e-5
 
 
+def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, tiny_esm: Path, tmp_path: Path):
+    """Two runs' jobs for the same bucket, at the same time, on one store (threads stand in for jobs)."""
+    unique = {shard: tmp_path / f"unique-{shard}.parquet" for shard in cohort}
+    for shard, proteins in cohort.items():
+        shard_unique(proteins, unique[shard], 1)
+    total = gather_bucket(unique.values(), 0, tmp_path / "bucket-0.parquet")
+    settings = replace(SETTINGS, checkpoint_sequences=25)
+
+    def job(name: str) -> dict:
+        return embed_bucket(tmp_path / "bucket-0.parquet", unique, tmp_path / f"{name}.parquet", bucket=0, n_buckets=1,
+                            model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=settings)  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        counts = list(pool.map(job, ["a", "b"]))
+    store = pq.read_table(tmp_path / "store" / counts[0]["recipe"] / "parts")
+    assert set(store.column("seq_hash").to_pylist()) == set(pq.read_table(tmp_path / "bucket-0.parquet").column("seq_hash").to_pylist())
+    assert store.num_rows >= total and not list((tmp_path / "store").glob("**/.*.tmp"))
+    a, b = (pq.read_table(tmp_path / f"{name}.parquet").sort_by([("shard", "ascending"), ("seq_hash", "ascending")]) for name in "ab")
+    assert a.column("seq_hash").equals(b.column("seq_hash"))
+    assert np.abs(np.stack(a.column("vector").to_numpy(zero_copy_only=False)) - np.stack(b.column("vector").to_numpy(zero_copy_only=False))).max() <= 1e-5
+
+
 KILLABLE = """
 import json, sys, time
 from transformers import EsmModel
@@ -220,6 +243,9 @@ def test_bad_bucket_files_are_named(tiny_esm: Path, tmp_path: Path):
 
     with pytest.raises(InputError, match="bucket.parquet.*lacks seq_hash/sequence"):
         run(pa.table({"seq_hash": [seq_hash("MKV")]}))
+    (tmp_path / "bucket.parquet").write_bytes(b"")  # e.g. a file cut short by a full disk
+    with pytest.raises(InputError, match="bucket file .*bucket.parquet: unreadable"):
+        embed_bucket(tmp_path / "bucket.parquet", {}, tmp_path / "out.parquet", bucket=0, n_buckets=4, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
     wrong = next(s for s in ("MKV", "MKVL", "MKVLA", "MKVLAW") if int(seq_hash(s)[:8], 16) % 4 != 0)
     with pytest.raises(InputError, match="row 0.*belongs to bucket .* of 4, not 0"):
         run(pa.table({"seq_hash": [seq_hash(wrong)], "sequence": [wrong]}))
