@@ -436,7 +436,12 @@ def save_model(
 
 def launch_command(spec: Path, gpus: int, nodes: int, environ: Mapping[str, str]) -> list[str]:
     """How to run `train` with ``spec`` in one process per GPU: torchrun on one node, or under SLURM one
-    torchrun per node (srun), meeting at the allocation's first node."""
+    torchrun per node (srun), meeting at the allocation's first node.
+
+    Under the SLURM executor plugin the job itself already runs as a one-task job step that holds the
+    allocation's GPUs, so the step that starts the torchruns must share them (``--overlap``) and ask for each
+    node's GPUs again (``--gpus-per-node``), or SLURM would wait for resources that never free up or hide the
+    GPUs from it."""
     module = ["-m", "bacflow.pretrain", str(spec)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(gpus, 1)}"]
     if nodes <= 1:
@@ -446,7 +451,8 @@ def launch_command(spec: Path, gpus: int, nodes: int, environ: Mapping[str, str]
     # This process runs on the allocation's first node (the batch host): the processes meet here.
     head = environ.get("SLURMD_NODENAME") or socket.gethostname()
     return [
-        *("srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"),
+        *("srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"),
+        f"--gpus-per-node={gpus}",
         *torchrun,
         f"--nnodes={nodes}",
         *("--rdzv-backend=c10d", f"--rdzv-endpoint={head}:29500", f"--rdzv-id={environ['SLURM_JOB_ID']}"),

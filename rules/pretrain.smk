@@ -85,7 +85,11 @@ rule pretrain_train:
     output:
         model=directory(PRETRAIN_DIR / "model"),
         metrics=PRETRAIN_DIR / "metrics.csv",
-        plot=report(PRETRAIN_DIR / "metrics.svg", category="Pretraining"),
+        plot=report(
+            PRETRAIN_DIR / "metrics.svg",
+            caption="../report/pretrain_metrics.rst",
+            category="Pretraining",
+        ),
     log:
         OUTDIR / "logs" / "pretrain_train.log",
     benchmark:
@@ -95,7 +99,9 @@ rule pretrain_train:
     # Data-loader workers and the training process, for each GPU.
     threads: max(PRETRAIN["gpus"], 1) * (PRETRAIN["dataloader_workers"] + 1)
     resources:
-        gpu=PRETRAIN["gpus"],
+        # The executor plugin asks SLURM for `gpu` GPUs in all (--gpus) on `nodes` nodes.
+        gpu=PRETRAIN["gpus"] * PRETRAIN["nodes"],
+        nodes=PRETRAIN["nodes"],
         mem_mb=lambda wildcards, attempt: PRETRAIN["mem_mb"] * attempt,
         # A job stopped at its time limit resumes from its newest checkpoint when it is retried.
         runtime=lambda wildcards, attempt: PRETRAIN["runtime"] * attempt,

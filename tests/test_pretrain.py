@@ -373,7 +373,7 @@ def test_launch_commands():
         "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "bacflow.pretrain", "run.json"
     ]
     nodes = launch_command(spec, gpus=8, nodes=2, environ={"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu01"})
-    assert nodes[:4] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+    assert nodes[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gpus-per-node=8"]
     assert {"--nnodes=2", "--nproc-per-node=8", "--rdzv-endpoint=gpu01:29500", "--rdzv-id=77"} <= set(nodes)
     with pytest.raises(InputError, match="2 nodes need a SLURM allocation"):
         launch_command(spec, gpus=8, nodes=2, environ={})
