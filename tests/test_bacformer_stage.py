@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -101,6 +102,18 @@ def test_batches_of_several_genomes_equal_one_genome_at_a_time(model):
         for one, many in zip(alone, batched):
             assert np.abs(one.vectors - many.vectors).max() <= TOLERANCE
             assert np.abs(one.embedding - many.embedding).max() <= TOLERANCE
+
+
+def test_a_bfloat16_model_runs_batched_and_gives_float32_vectors_near_the_float32_ones(model):
+    # What a GPU job runs (dtype auto: bfloat16), here on the CPU: inputs cast to the model's dtype, outputs
+    # back to float32 for the tables.
+    genomes = [genome(13, [30, 8]), genome(14, [11])]
+    _, exact = run(model, genomes)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    plans = [plan_genome(contigs, settings(), 2) for contigs in genomes]
+    for one, low in zip(exact, embed_genomes(half, plans, token_budget=10**6)):
+        assert low.vectors.dtype == np.float32 and np.isfinite(low.vectors).all()
+        assert np.abs(low.vectors - one.vectors).max() < 0.1  # post-LN vectors of unit scale, 8-bit mantissas
 
 
 def test_settings_are_checked():
