@@ -21,6 +21,7 @@ from bacflow.tables import parquet_writer, read_metadata
 #: Metadata keys: the model that made a table (JSON), and the ESM-2 recipe of its input vectors.
 MODEL_KEY = "bacflow.bacformer_model"
 RECIPE_KEYS = ("bacflow.embedding_recipe_key", "bacflow.embedding_recipe")
+PARAMS_KEY, VERSIONS_KEY = "bacflow.params", "bacflow.tool_versions"
 
 
 def protein_schema(dim: int, vector_dtype: str) -> pa.Schema:
@@ -73,9 +74,12 @@ def gather_genomes(shard_paths: Sequence[str | Path], out_path: str | Path) -> i
             "shards (e.g. --forcerun bacformer_shard)"
         )
     stored = read_metadata(shard_paths[0])
+    # The rows were computed by the shard jobs: the table carries their parameters and tool versions (PyTorch,
+    # transformers), not only those of this concatenation.
+    params = {key: value for key, value in json.loads(stored.get(PARAMS_KEY, "{}")).items() if key != "shard"}
     metadata = {
-        **provenance("bacformer_genomes", {"shards": len(shard_paths)}),
-        **{key: stored[key] for key in (MODEL_KEY, *RECIPE_KEYS) if key in stored},
+        **provenance("bacformer_genomes", {"shards": len(shard_paths), **params}),
+        **{key: stored[key] for key in (VERSIONS_KEY, MODEL_KEY, *RECIPE_KEYS) if key in stored},
     }
     schema = pq.read_schema(shard_paths[0]).remove_metadata()
     total = 0

@@ -273,7 +273,11 @@ def test_shard_job_writes_every_protein_and_genome_and_reruns_identically(tiny_f
     count = gather_genomes(
         [tmp_path / "a" / "genomes.parquet", tmp_path / "t" / "genomes.parquet"], tmp_path / "g.parquet"
     )
-    assert count == 6 and MODEL_KEY.encode() in pq.read_schema(tmp_path / "g.parquet").metadata
+    metadata = pq.read_schema(tmp_path / "g.parquet").metadata
+    assert count == 6 and MODEL_KEY.encode() in metadata
+    # It carries the versions and parameters that computed its rows, the shard jobs'.
+    assert "torch" in json.loads(metadata[b"bacflow.tool_versions"])
+    assert json.loads(metadata[b"bacflow.params"])["mode"] == "windowed"
 
 
 def test_shards_of_different_models_are_not_gathered(tiny_folder: Path, tmp_path: Path):
