@@ -4,7 +4,7 @@
 What it measures
 ----------------
 The same real proteins (default: the first 1,000 distinct proteins of the *Paracoccus* MAG's NCBI
-translations in ``../shared/data``, 30-2,000+ aa, 10 over 1,022 aa) are embedded by:
+translations in ``../shared/data``, 314,411 tokens, 7 over 1,022 aa) are embedded by:
 
 * ``reference``: bacformer.pp's recipe as it runs without faesm: ``AutoModel`` (EsmModel with pooler)
   and ``AutoTokenizer``, float32, proteins sorted by length ascending, batches of 64 padded to the
@@ -15,7 +15,12 @@ translations in ``../shared/data``, 30-2,000+ aa, 10 over 1,022 aa) are embedded
 
 The model is facebook/esm2_t12_35M_UR50D's architecture (12 layers, hidden 480, 20 heads, intermediate
 1,920, 33 tokens, 1,026 positions, rotary) with random weights: speed does not depend on the weights.
-Each side runs once (``--repeats`` for more), after a short untimed warm-up. Reported: wall-clock and
+The proteins, in the reference's order, are cut into chunks of whole reference batches
+(``--chunk-batches``), so that the reference's batches are exactly those of one run over all of them.
+Chunks are measured in a fixed random order, the two sides taking turns on each chunk after a short
+untimed warm-up: a machine whose load from other work changes over time weighs on both alike, and the
+results, rewritten after every chunk, are a fair sample of the proteins if the run is cut short (they
+say how many chunks were measured). Reported: wall-clock and
 process CPU seconds (with ``--threads 1`` on cores that other work shares, CPU seconds are the time the
 process really computed; rates are from wall-clock seconds), proteins/s,
 tokens/s (real tokens, BOS/EOS included, padding not counted), the ratio to the reference, achieved
@@ -52,6 +57,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -105,52 +111,50 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def elapsed(start: tuple[float, float]) -> tuple[float, float]:
-    """(wall-clock, process CPU) seconds since `start` = (time.perf_counter(), time.process_time())."""
-    return time.perf_counter() - start[0], time.process_time() - start[1]
+def reference_order(proteins: list[str]) -> list[int]:
+    """The reference's order: ascending length (its batches are runs of 64 in this order)."""
+    return sorted(range(len(proteins)), key=lambda index: len(proteins[index]))
 
 
-def run_reference(model_path: Path, proteins: list[str], device: torch.device) -> tuple[tuple[float, float], np.ndarray, dict]:
-    """bacformer.pp's recipe (HF AutoModel fp32, ascending length, batches of 64); also returns the padded
-    token count and the attention implementation transformers chose by default."""
-    from transformers import AutoModel, AutoTokenizer
+class Reference:
+    """bacformer.pp's recipe: HF AutoModel + AutoTokenizer in float32, batches of 64 padded to the
+    longest, truncation to 1,024 tokens, torch.no_grad, mean over the attention mask."""
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path).to(device).eval()
-    order = sorted(range(len(proteins)), key=lambda index: len(proteins[index]))
-    vectors = np.zeros((len(proteins), GEOMETRY["hidden_size"]), dtype=np.float32)
-    padded = 0
+    def __init__(self, model_path: Path, device: torch.device):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path).to(device).eval()
+        self.device = device
+        self.padded_tokens = 0
+
+    def embed(self, proteins: list[str]) -> np.ndarray:
+        """Vectors of `proteins`, given in the reference's order, in batches of 64."""
+        vectors = []
+        with torch.no_grad():
+            for first in range(0, len(proteins), 64):
+                inputs = self.tokenizer(
+                    proteins[first : first + 64],
+                    add_special_tokens=True,
+                    padding="longest",
+                    truncation=True,
+                    max_length=MAX_LENGTH,
+                    return_tensors="pt",
+                ).to(self.device)
+                self.padded_tokens += inputs["input_ids"].numel()
+                hidden = self.model(**inputs).last_hidden_state
+                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                vectors.append(((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy())
+        return np.concatenate(vectors)
+
+
+def timed(embed: Callable[[list[str]], np.ndarray], proteins: list[str], device: torch.device) -> tuple[float, float, np.ndarray]:
+    """(wall-clock seconds, process CPU seconds, vectors) of one call."""
     synchronize(device)
-    start = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        for first in range(0, len(order), 64):
-            batch = order[first : first + 64]
-            inputs = tokenizer(
-                [proteins[index] for index in batch],
-                add_special_tokens=True,
-                padding="longest",
-                truncation=True,
-                max_length=MAX_LENGTH,
-                return_tensors="pt",
-            ).to(device)
-            padded += inputs["input_ids"].numel()
-            hidden = model(**inputs).last_hidden_state
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vectors[batch] = ((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy()
+    wall, cpu = time.perf_counter(), time.process_time()
+    vectors = embed(proteins)
     synchronize(device)
-    return elapsed(start), vectors, {"padded_tokens": padded, "attention": model.config._attn_implementation}
-
-
-def run_bacflow(
-    model_path: Path, proteins: list[str], device: torch.device, dtype: torch.dtype, budget: int
-) -> tuple[tuple[float, float], np.ndarray]:
-    model, tokenizer = load_esm(model_path, device, dtype)
-    embedder = Embedder(model, tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
-    synchronize(device)
-    start = time.perf_counter(), time.process_time()
-    vectors, _, _ = embedder.embed(proteins)
-    synchronize(device)
-    return elapsed(start), vectors
+    return time.perf_counter() - wall, time.process_time() - cpu, vectors
 
 
 def dedup_factor() -> dict[str, float]:
@@ -171,7 +175,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--proteins", type=int, default=1000)
     parser.add_argument("--token-budget", type=int, default=None, help="default: the config's for the device")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--chunk-batches", type=int, default=2, help="reference batches (of 64) per chunk")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default torch's: all cores); 1 on cores busy with other work"
     )
@@ -190,38 +194,6 @@ def main() -> None:
     if not (model_path / "model.safetensors").exists():
         build_esm2(model_path, geometry="t12_35M")
 
-    proteins = load_proteins(args.proteins)
-    tokens = [min(len(protein), MAX_LENGTH - 2) + 2 for protein in proteins]
-    flops = forward_flops(tokens)
-    # Warm-up (untimed): first calls allocate and pick kernels.
-    run_reference(model_path, proteins[:8], device)
-    run_bacflow(model_path, proteins[:8], device, dtype, budget)
-
-    load_before = os.getloadavg()
-    timings: dict[str, list[tuple[float, float]]] = {"reference": [], "bacflow": []}
-    for _ in range(args.repeats):
-        seconds, reference, reference_info = run_reference(model_path, proteins, device)
-        timings["reference"].append(seconds)
-        seconds, ours = run_bacflow(model_path, proteins, device, dtype, budget)
-        timings["bacflow"].append(seconds)
-    load_after = os.getloadavg()
-    peak = matmul_rate(device, dtype)
-
-    rows = {}
-    reference_seconds = float(np.median([wall for wall, _ in timings["reference"]]))
-    reference_cpu = float(np.median([cpu for _, cpu in timings["reference"]]))
-    for name, values in timings.items():
-        seconds = float(np.median([wall for wall, _ in values]))
-        rows[name] = {
-            "seconds": seconds,
-            "cpu_seconds": float(np.median([cpu for _, cpu in values])),
-            "proteins_per_s": len(proteins) / seconds,
-            "tokens_per_s": sum(tokens) / seconds,
-            "gflop_per_s": flops / seconds / 1e9,
-            "mfu": flops / seconds / peak,
-            "ratio": reference_seconds / seconds,
-            "cpu_ratio": reference_cpu / float(np.median([cpu for _, cpu in values])),
-        }
     result = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -231,24 +203,73 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__,
-            "load_average_before": load_before,
-            "load_average_after": load_after,
         },
-        "proteins": len(proteins),
-        "tokens": sum(tokens),
-        "proteins_over_1022": sum(len(protein) > 1022 for protein in proteins),
         "token_budget": budget,
-        "reference_padded_tokens": reference_info["padded_tokens"],
-        "reference_attention": reference_info["attention"],
         "dtype": str(dtype).removeprefix("torch."),
-        "matmul_gflop_per_s": peak / 1e9,
-        "max_abs_difference": float(np.abs(ours - reference).max()),
-        "results": rows,
+        "matmul_gflop_per_s": matmul_rate(device, dtype) / 1e9,
         "dedup": None if args.no_dedup else dedup_factor(),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    output.write_text(report(result))
+    proteins = load_proteins(args.proteins)
+    reference = Reference(model_path, device)
+    model, tokenizer = load_esm(model_path, device, dtype)
+    ours = Embedder(model, tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
+    # Warm-up (untimed): first calls allocate and pick kernels.
+    reference.embed(proteins[:8])
+    ours.embed(proteins[:8])
+    reference.padded_tokens = 0
+
+    # Chunks of whole reference batches, in the reference's order (so its batches are exactly those of one
+    # run over all proteins), measured in a fixed random order, the two sides alternating on each chunk:
+    # a machine whose load changes over time weighs on both alike, and the results written after every
+    # chunk are a fair sample of the proteins if the run is cut short.
+    order = reference_order(proteins)
+    size = 64 * args.chunk_batches
+    chunks = [order[first : first + size] for first in range(0, len(order), size)]
+    seconds = {"reference": [0.0, 0.0], "bacflow": [0.0, 0.0]}
+    done: list[int] = []
+    differences = []
+    load = [os.getloadavg()[0]]
+    for number, chunk in enumerate(np.random.default_rng(0).permutation(len(chunks)), 1):
+        members = [proteins[index] for index in chunks[chunk]]
+        for name, embed in (("reference", reference.embed), ("bacflow", lambda batch: ours.embed(batch)[0])):
+            wall, cpu, vectors = timed(embed, members, device)
+            seconds[name][0] += wall
+            seconds[name][1] += cpu
+            if name == "reference":
+                expected = vectors
+        differences.append(float(np.abs(vectors - expected).max()))
+        done += chunks[chunk]
+        load.append(os.getloadavg()[0])
+        tokens = [min(len(proteins[index]), MAX_LENGTH - 2) + 2 for index in done]
+        flops = forward_flops(tokens)
+        peak = result["matmul_gflop_per_s"] * 1e9
+        result |= {
+            "chunks_measured": f"{number} of {len(chunks)}",
+            "proteins": len(done),
+            "tokens": sum(tokens),
+            "proteins_over_1022": sum(len(proteins[index]) > 1022 for index in done),
+            "reference_padded_tokens": reference.padded_tokens,
+            "reference_attention": reference.model.config._attn_implementation,
+            "load_average_1min": {"min": min(load), "max": max(load)},
+            "max_abs_difference": max(differences),
+            "results": {
+                name: {
+                    "seconds": wall,
+                    "cpu_seconds": cpu,
+                    "proteins_per_s": len(done) / wall,
+                    "tokens_per_s": sum(tokens) / wall,
+                    "gflop_per_s": flops / wall / 1e9,
+                    "mfu": flops / wall / peak,
+                    "ratio": seconds["reference"][0] / wall,
+                    "cpu_ratio": seconds["reference"][1] / cpu,
+                }
+                for name, (wall, cpu) in seconds.items()
+            },
+        }
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        output.write_text(report(result))
+        print(f"chunk {number}/{len(chunks)}: {len(done)} proteins", flush=True)
     print(output.read_text())
 
 
@@ -256,14 +277,17 @@ def report(result: dict) -> str:
     lines = [
         f"# ESM-2 embedding throughput ({result['machine']['device']}, {result['dtype']})",
         "",
+        "Made by `bench/esm_throughput.py` (its docstring says what is measured and how).",
+        "",
         f"Command: `{result['command']}` ({result['date']})",
         "",
         f"{result['proteins']} real proteins ({result['tokens']:,} tokens with BOS/EOS, {result['proteins_over_1022']} over "
         f"1,022 aa), facebook/esm2_t12_35M_UR50D architecture with random weights; bacflow's token budget "
         f"{result['token_budget']:,}; the reference ran {result['reference_padded_tokens']:,} tokens with padding, "
         f"attention `{result['reference_attention']}` (transformers' default). Measured {result['dtype']} matrix-multiply rate: {result['matmul_gflop_per_s']:.0f} GFLOP/s. "
-        f"Load average before/after: {result['machine']['load_average_before'][0]:.2f} / "
-        f"{result['machine']['load_average_after'][0]:.2f} on {result['machine']['cpus']} CPUs.",
+        f"1-minute load average {result['load_average_1min']['min']:.1f}-{result['load_average_1min']['max']:.1f} "
+        f"on {result['machine']['cpus']} CPUs, {result['machine']['torch_threads']} torch thread(s). Chunks measured: "
+        f"{result['chunks_measured']}.",
         "",
         "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of matmul rate | speed-up | speed-up (CPU s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
