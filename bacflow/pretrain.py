@@ -10,7 +10,8 @@ loss and, at the end, the checkpoint with the best validation loss. One process 
 Run layout (``run_dir``, the workflow's ``pretrain/<run>/``): ``checkpoints/checkpoint-<step>/`` (the Trainer's
 own, with optimizer, scheduler and random states), ``metrics.csv`` and ``metrics.svg``, and ``model/``, a Hugging
 Face model folder (``AutoModelForMaskedLM.from_pretrained`` after ``import bacflow.modeling_bacformer``) with
-``bacflow_pretrain.json`` beside the weights: the parameters, the corpus, the last metrics.
+``bacflow_pretrain.json`` beside the weights: the parameters and their hash, the tool versions, the corpus,
+the chosen checkpoint's validation metrics.
 
 A run that finds a complete checkpoint in ``checkpoints/`` resumes from the newest one: the same optimizer
 step, learning rate, data order and masks, so with the same seed it ends with the same model as a run that was
@@ -46,6 +47,7 @@ from bacflow.masking import ExampleParams
 from bacflow.modeling_bacformer import BacformerConfig, BacformerForCausalGM, BacformerForMaskedGM, SPECIAL_TOKENS
 from bacflow.pretrain_dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
 from bacflow.pretrain_metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
+from bacflow.provenance import config_hash, tool_versions
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ ARCHITECTURE_KEYS = (
 CHECKPOINTING_MIN_LAYERS = 7
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _MODEL_CLASSES = {"masked": BacformerForMaskedGM, "causal": BacformerForCausalGM}
+_PACKAGES = ("bacflow", "torch", "transformers", "accelerate", "pyarrow", "numpy")
 
 
 @dataclass(frozen=True)
@@ -420,6 +423,8 @@ def save_model(
     model.save_pretrained(temporary)
     description = {
         "params": dataclasses.asdict(params),
+        "config_hash": config_hash(dataclasses.asdict(params)),
+        "tool_versions": tool_versions(_PACKAGES),
         "corpus": {key: corpus[key] for key in ("vocab_size", "embedding_dim", "embedding_dtype", "majority_family")},
         "genomes": {split: values["genomes"] for split, values in corpus["splits"].items()},
         "separator_token_id": params.sep_token_id,

@@ -219,7 +219,8 @@ def summarize_corpus(
             schema = pq.read_schema(path)
             vector_type = schema.field("protein_embeddings").type.value_type
             summary["embedding_dim"] = vector_type.list_size
-            summary["embedding_dtype"] = str(vector_type.value_type)
+            # numpy's name ("float32"), not Arrow's ("float").
+            summary["embedding_dtype"] = np.dtype(vector_type.value_type.to_pandas_dtype()).name
             table = pq.read_table(path, columns=["n_proteins", "n_labelled", "prot_cluster_id"])
             totals["genomes"] += table.num_rows
             totals["proteins"] += int(pc.sum(table.column("n_proteins")).as_py() or 0)

@@ -157,7 +157,7 @@ def test_a_group_with_two_sheet_splits_is_an_error():
 def test_corpus_layout(corpus: Path):
     summary = json.loads(corpus.read_text())
     assert {split: summary["splits"][split]["genomes"] for split in SPLITS} == {"train": 9, "val": 2, "test": 1}
-    assert summary["embedding_dim"] == DIM and summary["vocab_size"] == VOCAB
+    assert summary["embedding_dim"] == DIM and summary["vocab_size"] == VOCAB and summary["embedding_dtype"] == "float32"
     table = pq.read_table(corpus.parent / "train" / "part-00000.parquet")
     assert table.column_names[:5] == ["genome_id", "kind", "protein_embeddings", "contig_idx", "prot_cluster_id"]
     assert table.column("genome_id").to_pylist() == ["g00", "g01", "g02", "g03", "g05"]

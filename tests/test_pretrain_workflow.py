@@ -115,6 +115,7 @@ def test_the_model_folder_loads_everywhere(run: Path, reference_python: Path, tm
     description = json.loads((folder / "bacflow_pretrain.json").read_text())
     assert description["params"]["objective"] == "causal" and description["separator_token_id"] == 3
     assert description["metrics"]["eval_top1_accuracy"] > 0.5
+    assert description["tool_versions"]["torch"] == torch.__version__ and len(description["config_hash"]) == 16
 
     model = BacformerForCausalGM.from_pretrained(folder).eval()
     encoder = AutoModel.from_pretrained(folder)
