@@ -161,8 +161,13 @@ def dedup_factor() -> dict[str, float]:
     from bacflow.proteins import AnnotationParams, annotate_genome
     from bacflow.samples import read_samples
 
+    # The cohort's sheet gives paths relative to data/ (see its SOURCES.md), not to the sheet's folder.
+    sheet = REPO / "bench" / "work" / "esm" / "cohort_samples.tsv"
+    sheet.parent.mkdir(parents=True, exist_ok=True)
+    header, *rows = (DATA / "cohort" / "samples.tsv").read_text().splitlines()
+    sheet.write_text("\n".join([header, *(row.replace("\t", f"\t{DATA}/", 1) for row in rows)]) + "\n")
     proteins, distinct = 0, set()
-    samples = read_samples(DATA / "cohort" / "samples.tsv")
+    samples = read_samples(sheet)
     for sample in samples:
         result = annotate_genome(sample, AnnotationParams())
         proteins += len(result.columns["seq_hash"])
