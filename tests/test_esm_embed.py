@@ -105,6 +105,23 @@ def test_batches_are_longest_first_under_the_budget(baseline):
     assert len(batches[-1].positions) > 4  # short proteins do share batches
 
 
+def test_cpu_runs_float32_with_fused_attention_under_inference_mode(tiny_esm: Path, baseline):
+    model, _ = load_esm(tiny_esm, CPU, torch.float32)
+    assert model.config._attn_implementation == "sdpa" and model.dtype == torch.float32 and not model.training
+    assert all(batch.vectors.is_inference() and batch.vectors.dtype == torch.float32 for batch in baseline[0])
+
+
+def test_bfloat16_as_on_a_gpu_stays_near_float32(tiny_esm: Path, baseline):
+    """The GPU's compute dtype, run on the CPU: float32 vectors within bfloat16 rounding of float32's."""
+    model, tokenizer = load_esm(tiny_esm, CPU, torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    chosen = list(range(140, 180))
+    vectors, _, _ = Embedder(model, tokenizer, pooling="mean", max_length=1024, token_budget=4096).embed(
+        [real_proteins()[i] for i in chosen]
+    )
+    assert vectors.dtype == np.float32 and np.abs(vectors - baseline[1][chosen]).max() <= 0.1
+
+
 def test_mean_over_residues_leaves_out_bos_and_eos(tiny_esm: Path):
     proteins = list(real_proteins()[:20])
     model, tokenizer = load_esm(tiny_esm, CPU, torch.float32)
