@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from bacflow.errors import InputError
 from bacflow.provenance import provenance
-from bacflow.tables import write_parquet
+from bacflow.tables import parquet_writer
 
 if TYPE_CHECKING:
     from bacflow.samples import Sample
@@ -195,7 +195,11 @@ def build_corpus_shard(
     counts = {}
     for split in SPLITS:
         part = rows.filter(pc.equal(splits, split))
-        write_parquet(part, outputs[split], metadata, row_group_size=1)
+        # A split without genomes of this shard gets a file without row groups: an empty row group stops the
+        # reference's reader (``datasets`` sizes its batches by a file's first row group).
+        with parquet_writer(outputs[split], rows.schema, metadata) as writer:
+            if part.num_rows:
+                writer.write_table(part, row_group_size=1)
         counts[split] = part.num_rows
     log.info("%s: genomes per split %s", vectors_path, counts)
     return counts

@@ -30,6 +30,7 @@ from bacflow.pretrain import PretrainParams, launch_command, newest_checkpoint, 
 from bacflow.pretrain_data import SPLITS, assign_splits, build_corpus_shard, summarize_corpus
 from bacflow.pretrain_dataset import CorpusIndex, EpochSampler, GenomeDataset
 from bacflow.samples import Sample
+from bacformer_helpers import reference_python  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, VOCAB = 16, 40
@@ -162,8 +163,9 @@ def test_corpus_layout(corpus: Path):
     assert table.column_names[:5] == ["genome_id", "kind", "protein_embeddings", "contig_idx", "prot_cluster_id"]
     assert table.column("genome_id").to_pylist() == ["g00", "g01", "g02", "g03", "g05"]
     assert table.column("kind").to_pylist() == [KIND_OF[g] for g in table.column("genome_id").to_pylist()]
-    # One genome per row group: a trainer reads a genome alone.
+    # One genome per row group: a trainer reads a genome alone. No genome, no row group (not an empty one).
     assert pq.ParquetFile(corpus.parent / "train" / "part-00000.parquet").num_row_groups == table.num_rows
+    assert pq.ParquetFile(corpus.parent / "test" / "part-00000.parquet").num_row_groups == 0
     source = pq.read_table(corpus.parent.parent / "shard=00000.parquet").to_pandas()
     families = pq.read_table(corpus.parent.parent / "families.parquet").to_pandas().set_index("seq_hash")
     for row in table.to_pylist():
@@ -377,3 +379,50 @@ def test_launch_commands():
     assert {"--nnodes=2", "--nproc-per-node=8", "--rdzv-endpoint=gpu01:29500", "--rdzv-id=77"} <= set(nodes)
     with pytest.raises(InputError, match="2 nodes need a SLURM allocation"):
         launch_command(spec, gpus=8, nodes=2, environ={})
+
+
+# --- the reference trainer reads the corpus ---------------------------------------------------------------
+
+_REFERENCE_READER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from bacformer.modeling.data_reader import fetch_training_data
+
+    # Its defaults: the cluster ids from the column prot_cluster_idx; no masking (the causal objective's input).
+    data = fetch_training_data(sys.argv[1], 0.0, int(sys.argv[2]), 1000, end_token_idx=int(sys.argv[3]), test=True)
+    out = {}
+    for split, dataset in (("train", data.train_dataset), ("val", data.val_dataset), ("test", data.test_dataset)):
+        out[split] = [
+            {key: np.asarray(sample[key]).tolist() for key in ("prot_embeddings", "special_tokens_mask", "token_type_ids", "labels")}
+            for sample in dataset
+        ]
+    json.dump(out, open(sys.argv[4], "w"))
+    """
+)
+
+
+def test_the_reference_trainer_reads_the_corpus(corpus: Path, reference_python: Path, tmp_path: Path):  # noqa: F811
+    """bacformer 0.2.0's own reader (``fetch_training_data``, streaming ``datasets``) reads every split of the
+    corpus and builds, genome for genome, the sequences that bacflow's dataset builds."""
+    script, response = tmp_path / "reader.py", tmp_path / "samples.json"
+    script.write_text(_REFERENCE_READER)
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    command = [str(reference_python), str(script), str(corpus.parent), str(TINY.max_n_proteins), str(VOCAB), str(response)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_DATASETS_OFFLINE": "1"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs = json.loads(response.read_text())
+    summary = json.loads(corpus.read_text())
+    params = replace(TINY, objective="causal").example_params(VOCAB)
+    for split in SPLITS:
+        index = CorpusIndex.of_files([corpus.parent / path for path in summary["splits"][split]["files"]])
+        dataset = GenomeDataset(index, split, params, seed=0, shuffle_contigs=False)
+        ours = [{key: value[0].tolist() for key, value in dataset[genome].items()} for genome in range(len(dataset))]
+        assert len(theirs[split]) == len(ours) == summary["splits"][split]["genomes"]
+        # The reference shuffles its file list: match genomes by their labels (distinct in this corpus).
+        by_labels = {tuple(sample["labels"]): sample for sample in theirs[split]}
+        for example in ours:
+            reference = by_labels[tuple(example["labels"])]
+            assert reference["special_tokens_mask"] == example["special_tokens_mask"]
+            assert reference["token_type_ids"] == example["token_type_ids"]
+            assert np.allclose(reference["prot_embeddings"], example["protein_embeddings"])
