@@ -1,5 +1,6 @@
-"""Pretraining on a small synthetic corpus: splits, the corpus builder and its checks, the dataset and sampler,
-resuming after a kill (same final model as an uninterrupted run), two-process DDP on CPU, and bad inputs.
+"""Pretraining on a small synthetic corpus: splits, the corpus builder and its checks, the reference trainer's
+reader on the corpus, the dataset and sampler, learning from context, resuming after a kill (same final model as
+an uninterrupted run), two-process DDP on CPU, and bad inputs.
 
 Training runs use a tiny model (width 16, 2 layers) on 12 genomes of 30-60 proteins, in subprocesses of one
 thread each, so that a run takes seconds; the workflow test (test_pretrain_workflow.py) trains on real genomes.
@@ -310,6 +311,28 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(corpus: Path, tmp_pat
     # The last step's weights, and the final model (the best checkpoint's), bit for bit.
     assert_same_weights(broken / "checkpoints" / "checkpoint-12", whole / "checkpoints" / "checkpoint-12")
     assert_same_weights(broken / "model", whole / "model")
+
+
+def test_the_masked_objective_learns_from_context(corpus: Path, tmp_path: Path):
+    """The synthetic genomes share one gene order and a family's vectors are alike, so a masked protein's
+    family is given by its neighbours only: validation loss falls below the family entropy, and top-1 beats
+    always predicting the most frequent family (the workflow test trains on real genomes, with the causal
+    objective; see test_pretrain_workflow.py for why)."""
+    params = replace(
+        TINY,
+        max_steps=400,
+        eval_steps=100,
+        save_steps=100,
+        logging_steps=50,
+        warmup=20,
+        model={**TINY.model, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    )
+    result = run_training(tmp_path, corpus, tmp_path / "run", params)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluations = [row for row in training_rows(tmp_path / "run") if row["eval_loss"]]
+    first, last = evaluations[0], evaluations[-1]
+    assert float(last["eval_loss"]) < min(float(first["eval_loss"]), np.log(VOCAB)) - 0.5
+    assert float(last["eval_top1_accuracy"]) >= 0.25 > float(last["eval_majority_accuracy"])
 
 
 def test_two_processes_start_with_the_loss_of_one(corpus: Path, tmp_path: Path):

@@ -6,8 +6,8 @@ The run trains the causal objective: with vectors of a random tiny ESM-2 (nearly
 and a handful of training genomes, the masked objective needs more steps than a CPU test affords before validation
 improves (tried: after 300 steps of batch 2 its validation loss sat at the entropy of the family frequencies,
 top-1 0), while next-family prediction over the strains' shared gene order is learnt in a few dozen steps. The
-masked objective's examples are tested against the reference in test_masking.py, its training runs (resume,
-DDP) in test_pretrain.py.
+masked objective's examples are tested against the reference in test_masking.py, its training (learning from
+context on synthetic genomes, resume, DDP) in test_pretrain.py.
 """
 
 from __future__ import annotations
