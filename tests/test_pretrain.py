@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from bacflow.errors import InputError
 from bacflow.modeling_bacformer import BacformerConfig, BacformerForMaskedGM, SPECIAL_TOKENS
-from bacflow.pretrain import PretrainParams, launch_command, newest_checkpoint, train
+from bacflow.pretrain import PretrainParams, launch_command, make_model, newest_checkpoint, train
 from bacflow.pretrain_data import SPLITS, assign_splits, build_corpus_shard, summarize_corpus
 from bacflow.pretrain_dataset import CorpusIndex, EpochSampler, GenomeDataset
 from bacflow.samples import Sample
@@ -373,6 +373,21 @@ def test_an_incomplete_checkpoint_is_passed_over(tmp_path: Path):
     (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"glob')  # cut off while written
     assert newest_checkpoint(tmp_path).name == "checkpoint-3"
     assert newest_checkpoint(tmp_path / "none") is None
+
+
+def test_initialising_from_an_earlier_model_continues_it(tmp_path: Path):
+    """Continued pretraining: the model starts with the earlier model's weights and architecture (not
+    ``pretrain.model``'s), also when it switches objective."""
+    config = BacformerConfig(
+        hidden_size=DIM, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24, protein_clusters_vocab_size=VOCAB
+    )
+    BacformerForMaskedGM(config).save_pretrained(tmp_path / "earlier")
+    earlier = BacformerForMaskedGM.from_pretrained(tmp_path / "earlier").state_dict()
+    for objective in ("masked", "causal"):
+        model = make_model(replace(TINY, objective=objective, init_from=str(tmp_path / "earlier")), DIM, VOCAB)
+        assert model.config.num_hidden_layers == 3 and model.config.is_causal_gm == (objective == "causal")
+        encoder = {key: value for key, value in model.state_dict().items() if key.startswith("bacformer.")}
+        assert encoder and all(torch.equal(value, earlier[key]) for key, value in encoder.items())
 
 
 def test_initialising_from_a_model_of_another_width_is_an_error(corpus: Path, tmp_path: Path):
