@@ -285,6 +285,13 @@ def _shard_genome(table: pa.Table, offset: int, path: str | Path) -> ShardGenome
         raise InputError(f"{path}: genome {genome_id} has proteins without a vector")
     dim = vector.type.list_size
     vectors = vector.flatten().to_numpy(zero_copy_only=False).reshape(n, dim).astype(np.float32, copy=False)
+    # Checked here, where the genome and protein can be named: the model would only say its output has a NaN.
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise InputError(
+            f"{path}: genome {genome_id} has {len(bad)} protein vectors with NaN or infinite values (first: "
+            f"protein_index {bad[0]}): recompute its embeddings"
+        )
     return ShardGenome(genome_id, slice(offset, offset + n), contig_index, vectors)
 
 

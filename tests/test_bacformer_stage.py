@@ -316,3 +316,22 @@ def test_vectors_of_another_width_are_refused(tiny_folder: Path, tmp_path: Path)
             settings=settings(),
         )
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_a_nan_input_vector_is_refused_naming_the_genome_and_protein(tiny_folder: Path, tmp_path: Path):
+    contigs = genome(15, [5])
+    contigs[0][3, 7] = np.nan
+    vectors_path, proteins_path = write_shard(tmp_path, {"fine": genome(16, [4]), "broken": contigs})
+    with pytest.raises(InputError, match=r"vectors.parquet: genome broken has 1 protein vectors.*protein_index 3"):
+        bacformer_shard(
+            vectors_path,
+            proteins_path,
+            tmp_path / "p.parquet",
+            tmp_path / "g.parquet",
+            shard="00000",
+            model=str(tiny_folder),
+            revision=None,
+            name="tiny",
+            settings=settings(),
+        )
+    assert not (tmp_path / "p.parquet").exists() and not (tmp_path / "g.parquet").exists()
