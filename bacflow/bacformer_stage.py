@@ -420,7 +420,10 @@ def _check_limits(net: BacformerModel, settings: BacformerSettings, vectors_path
             f"bacformer.max_n_contigs {settings.max_n_contigs} exceeds the model's "
             f"{config.max_token_type_embeddings} contig embeddings"
         )
-    width = pq.read_schema(vectors_path).field("vector").type.list_size
+    schema = pq.read_schema(vectors_path)
+    if "vector" not in schema.names:
+        raise InputError(f"{vectors_path} has no column 'vector': not an embeddings shard")
+    width = schema.field("vector").type.list_size
     if width != config.hidden_size:
         raise InputError(
             f"{vectors_path}: protein vectors of size {width}, but the Bacformer model takes vectors of its hidden "

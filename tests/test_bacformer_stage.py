@@ -222,6 +222,20 @@ def write_shard(folder: Path, genomes: dict[str, list[np.ndarray]], contig_gap: 
     return vectors_path, proteins_path
 
 
+def shard_job(model: Path, inputs: tuple[Path, Path], out: Path, name: str = "tiny", **overrides) -> dict:
+    """The shard job on `inputs` (vectors, proteins), writing out/proteins.parquet and out/genomes.parquet."""
+    return bacformer_shard(
+        *inputs,
+        out / "proteins.parquet",
+        out / "genomes.parquet",
+        shard="00000",
+        model=str(model),
+        revision=None,
+        name=name,
+        settings=settings(**overrides),
+    )
+
+
 def test_shard_job_writes_every_protein_and_genome_and_reruns_identically(tiny_folder: Path, tmp_path, monkeypatch):
     # As on the fake-GPU test cluster: a GPU is named but none is usable, so the job runs on the CPU.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
@@ -230,17 +244,7 @@ def test_shard_job_writes_every_protein_and_genome_and_reruns_identically(tiny_f
     outputs = {}
     for run_name, mode in (("a", "windowed"), ("b", "windowed"), ("t", "truncate")):
         out = tmp_path / run_name
-        counts = bacformer_shard(
-            vectors_path,
-            proteins_path,
-            out / "proteins.parquet",
-            out / "genomes.parquet",
-            shard="00000",
-            model=str(tiny_folder),
-            revision=None,
-            name="tiny",
-            settings=settings(mode=mode),
-        )
+        counts = shard_job(tiny_folder, (vectors_path, proteins_path), out, mode=mode)
         outputs[run_name] = (pq.read_table(out / "proteins.parquet"), pq.read_table(out / "genomes.parquet"))
         assert counts["genomes"] == 3 and counts["proteins"] == 120
     proteins, genome_rows = outputs["a"]
@@ -284,18 +288,8 @@ def test_shards_of_different_models_are_not_gathered(tiny_folder: Path, tmp_path
     vectors_path, proteins_path = write_shard(tmp_path, {"g": genome(12, [4])})
     paths = []
     for name in ("x", "y"):
-        bacformer_shard(
-            vectors_path,
-            proteins_path,
-            tmp_path / name / "p.parquet",
-            tmp_path / name / "g.parquet",
-            shard="00000",
-            model=str(tiny_folder),
-            revision=None,
-            name=name,
-            settings=settings(),
-        )
-        paths.append(tmp_path / name / "g.parquet")
+        shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / name, name)
+        paths.append(tmp_path / name / "genomes.parquet")
     with pytest.raises(InputError, match="different models"):
         gather_genomes(paths, tmp_path / "all.parquet")
 
@@ -304,18 +298,11 @@ def test_vectors_of_another_width_are_refused(tiny_folder: Path, tmp_path: Path)
     rng = np.random.default_rng(0)
     vectors_path, proteins_path = write_shard(tmp_path, {"g": [rng.normal(size=(3, 16)).astype(np.float32)]})
     with pytest.raises(InputError, match="size 16.*hidden size 32"):
-        bacformer_shard(
-            vectors_path,
-            proteins_path,
-            tmp_path / "p.parquet",
-            tmp_path / "g.parquet",
-            shard="00000",
-            model=str(tiny_folder),
-            revision=None,
-            name="tiny",
-            settings=settings(),
-        )
-    assert not (tmp_path / "p.parquet").exists()
+        shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / "out")
+    assert not list((tmp_path / "out").glob("**/*"))  # no file, not even a temporary one
+    pq.write_table(pq.read_table(vectors_path).drop_columns(["vector"]), vectors_path)
+    with pytest.raises(InputError, match="vectors.parquet has no column 'vector'"):
+        shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / "out")
 
 
 def test_a_nan_input_vector_is_refused_naming_the_genome_and_protein(tiny_folder: Path, tmp_path: Path):
@@ -323,15 +310,5 @@ def test_a_nan_input_vector_is_refused_naming_the_genome_and_protein(tiny_folder
     contigs[0][3, 7] = np.nan
     vectors_path, proteins_path = write_shard(tmp_path, {"fine": genome(16, [4]), "broken": contigs})
     with pytest.raises(InputError, match=r"vectors.parquet: genome broken has 1 protein vectors.*protein_index 3"):
-        bacformer_shard(
-            vectors_path,
-            proteins_path,
-            tmp_path / "p.parquet",
-            tmp_path / "g.parquet",
-            shard="00000",
-            model=str(tiny_folder),
-            revision=None,
-            name="tiny",
-            settings=settings(),
-        )
-    assert not (tmp_path / "p.parquet").exists() and not (tmp_path / "g.parquet").exists()
+        shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / "out")
+    assert not list((tmp_path / "out").glob("**/*"))  # no file, not even a temporary one
