@@ -67,6 +67,20 @@ def test_demo_end_to_end_with_report_and_stable_reruns(tmp_path: Path):
     assert pq.read_table(bacformer / "genomes.parquet").equals(genomes)
     assert pq.read_table(bacformer / "proteins").drop_columns(["shard"]).equals(contextual)
 
+    # A limit below the larger genome's 2,343 proteins: it is windowed (3 windows of 998 tokens overlapping by
+    # 200 or more), and every protein still gets a vector. Results go to their own folder (bacformer.name).
+    windowed = tmp_path / "windowed.yaml"
+    windowed.write_text("bacformer:\n  name: windowed\n  max_n_proteins: 1000\n  window_overlap: 200\n")
+    args = demo_args(tmp_path)
+    args.insert(args.index("--config"), str(windowed))
+    snakemake(tmp_path, "bacformer", *args)
+    table = pq.read_table(results / "bacformer" / "windowed" / "genomes.parquet")
+    rows = {row["genome_id"]: row for row in table.to_pylist()}
+    assert rows["Cdiphtheriae_NCTC11397"]["mode"] == "windowed" and rows["Cdiphtheriae_NCTC11397"]["windows"] == 3
+    assert rows["SRR492066_contig"]["mode"] == "whole"
+    long = pq.read_table(results / "bacformer" / "windowed" / "proteins").drop_columns(["shard"])
+    assert long.select(keys).equals(contextual.select(keys)) and np.isfinite(vectors(long)).all()
+
 
 def test_a_hub_model_that_is_not_cached_fails_before_any_job(tmp_path: Path):
     write_demo_sheet(tmp_path / "samples.tsv")
