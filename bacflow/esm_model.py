@@ -77,12 +77,14 @@ def resolve_model(
     return ModelSource(model, str(snapshot), snapshot.name, local=False)
 
 
-def planned_model(model: str, revision: str | None = None) -> tuple[str, str | None]:
-    """(model, revision) for embedding jobs: a folder as it is (each job checksums it), a hub id with
-    `revision` resolved to a commit, downloading it into the cache when need be."""
+def planned_model(
+    model: str, revision: str | None = None, *, setting: str = "embeddings", files: str = ESM_FOLDER_FILES
+) -> tuple[str, str | None]:
+    """(model, revision) for the jobs of a model stage: a folder as it is (each job checksums it), a hub
+    id with `revision` resolved to a commit, downloading it into the cache when need be."""
     if Path(model).expanduser().is_dir():
         return model, None
-    source = resolve_model(model, revision)
+    source = resolve_model(model, revision, setting=setting, files=files)
     return source.model, source.revision
 
 

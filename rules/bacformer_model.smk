@@ -3,7 +3,6 @@ bacformer.smk)."""
 
 import dataclasses
 import functools
-from pathlib import Path
 
 from bacflow.bacformer_model import (
     FOLDER_FILES,
@@ -14,7 +13,7 @@ from bacflow.bacformer_model import (
 )
 from bacflow.bacformer_stage import BacformerSettings
 from bacflow.errors import InputError
-from bacflow.esm_model import resolve_model
+from bacflow.esm_model import planned_model, resolve_model
 from bacflow.tiny_models import ESM2_GEOMETRIES
 
 BACFORMER = config["bacformer"]
@@ -45,10 +44,8 @@ def bacformer_model():
         return str(TINY_BACFORMER), None
     if BACFORMER_PRETRAIN_RUN is not None:
         return str(pretrain_model_folder(OUTDIR, BACFORMER_PRETRAIN_RUN)), None
-    if Path(BACFORMER_MODEL).expanduser().is_dir():
-        return BACFORMER_MODEL, None  # identified by checksum in the job
     try:
-        source = resolve_model(
+        return planned_model(
             BACFORMER_MODEL,
             BACFORMER["revision"],
             setting="bacformer",
@@ -56,7 +53,6 @@ def bacformer_model():
         )
     except InputError as error:
         raise WorkflowError(str(error)) from None
-    return source.model, source.revision
 
 
 def bacformer_model_files(wildcards):
