@@ -94,7 +94,7 @@ def make_cohort(data: Path, cores: int) -> tuple[list[Path], int]:
     subprocess.run(
         [
             *(sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")),
-            *("--directory", str(folder), "--cores", str(cores), "all"),
+            *("--directory", str(folder), "--cores", str(cores), "families"),
             *("--configfile", str(REPO / "config" / "config.yaml")),
             *("--config", f"samples={folder / 'samples.tsv'}", "outdir=results", "shard_size=10"),
             "--until",
