@@ -25,7 +25,10 @@ Data sets (from ``../shared/data``):
   own CDS) and every other genome there and in ``genomes/`` and ``drafts/`` (GenBank CDS, or gene-called
   FASTA), made by the workflow's ``proteins`` and unique-sequence stages (once, not timed);
 * ``cohort-1/8``, ``cohort-1/4``, ``cohort-1/2``: subsets of the cohort's unique sequences (those whose
-  seq_hash falls in the first part of the hash space), for how time grows with the number of sequences.
+  seq_hash falls in the first part of the hash space), for how time grows with the number of sequences;
+* ``cohort x13`` (``--variants 12``): the cohort's distinct sequences and 12 variants of each with 10% of
+  the residues substituted at random (seeded), about half a million distinct sequences in families of
+  real proteins: where MMseqs2's own time dominates.
 
 How to run
 ----------
@@ -57,6 +60,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -71,6 +75,9 @@ RESULTS = REPO / "bench" / "results"
 PARAMS = FamilyParams()
 PLAIN_ARGS = ["--min-seq-id", str(PARAMS.min_seq_id), "-c", str(PARAMS.coverage), "--cov-mode", str(PARAMS.cov_mode)]
 SUBSETS = {"cohort-1/8": 8, "cohort-1/4": 4, "cohort-1/2": 2}
+# Residues substituted in each variant of a cohort sequence: 90% identity, so variants join their
+# original's family at the 50% threshold.
+VARIANT_RATE = 0.1
 
 
 def cohort_sheet(data: Path, sheet: Path) -> int:
@@ -112,9 +119,38 @@ def make_example(data: Path) -> list[Path]:
     paths = [folder / f"bucket={bucket:04d}.parquet" for bucket in range(8)]
     if all(path.exists() for path in paths):
         return paths
-    folder.mkdir(parents=True, exist_ok=True)
     with gzip.open(data / "mmseqs2" / "DB.fasta.gz", "rt") as handle:
         sequences = ["".join(block.partition("\n")[2].split()) for block in handle.read().lstrip(">").split("\n>")]
+    write_buckets(sequences, paths)
+    return paths
+
+
+def make_variants(buckets: list[Path], copies: int, rate: float) -> list[Path]:
+    """The cohort's distinct sequences and `copies` variants of each (a share `rate` of residues substituted
+    at random, seeded): a corpus of several hundred thousand sequences in families of real proteins, to see
+    how the overhead behaves where MMseqs2's own time dominates."""
+    folder = WORK / f"cohort-x{copies + 1}"
+    paths = [folder / f"bucket={bucket:04d}.parquet" for bucket in range(len(buckets))]
+    if all(path.exists() for path in paths):
+        return paths
+    originals = [value for path in buckets for value in pq.read_table(path, columns=["sequence"]).column(0).to_pylist()]
+    rng = np.random.default_rng(0)
+    alphabet = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+    sequences = list(originals)
+    for _ in range(copies):
+        for original in originals:
+            residues = np.frombuffer(original.encode(), dtype=np.uint8).copy()
+            hits = rng.random(len(residues)) < rate
+            residues[hits] = rng.choice(alphabet, int(hits.sum()))
+            sequences.append(residues.tobytes().decode())
+    write_buckets(sequences, paths)
+    return paths
+
+
+def write_buckets(sequences: list[str], paths: list[Path]) -> None:
+    """Unique-sequence buckets of `sequences`, made with bacflow.unique as the workflow makes them."""
+    folder = paths[0].parent
+    folder.mkdir(parents=True, exist_ok=True)
     proteins = pa.table(
         {
             "seq_hash": [seq_hash(sequence) for sequence in sequences],
@@ -126,7 +162,6 @@ def make_example(data: Path) -> list[Path]:
     shard_unique(folder / "proteins.parquet", folder / "shard.parquet", len(paths))
     for bucket, path in enumerate(paths):
         gather_bucket([folder / "shard.parquet"], bucket, path)
-    return paths
 
 
 def make_subset(buckets: list[Path], name: str, part: int) -> list[Path]:
@@ -359,6 +394,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "families.md")
+    parser.add_argument(
+        "--variants", type=int, default=12, help="variants of each cohort sequence in the largest set (0: no such set)"
+    )
     parser.add_argument("--run-bacflow", nargs="+", metavar=("OUT THREADS", "BUCKET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_bacflow:
@@ -371,6 +409,8 @@ def main() -> None:
     sets = {"mmseqs-example": make_example(args.data)}
     sets.update({name: make_subset(cohort, name, part) for name, part in SUBSETS.items()})
     sets["cohort"] = cohort
+    if args.variants:
+        sets[f"cohort x{args.variants + 1}"] = make_variants(cohort, args.variants, VARIANT_RATE)
     results = {}
     for name, buckets in sets.items():
         print(f"{name}:", flush=True)
