@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bacflow.provenance import provenance
+from bacflow.seqhash import seq_hash
 from bacflow.tables import write_parquet
 
 UNIQUE_SCHEMA = pa.schema(
@@ -73,3 +74,23 @@ def gather_bucket(shard_unique_paths: Iterable[str | Path], bucket: int, out_pat
     write_parquet(unique, out_path, provenance("unique_bucket", {"bucket": bucket}))
     return unique.num_rows
 
+
+def sequence_buckets(sequences: list[str], folder: str | Path, n_buckets: int) -> list[Path]:
+    """Buckets `folder/bucket=NNNN.parquet` of a plain list of protein sequences (one protein each, so
+    repeats count), made by the same two steps as a cohort's: for sequences that come from no genome
+    (a protein FASTA to cluster, a benchmark corpus)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    proteins = pa.table(
+        {
+            "seq_hash": [seq_hash(sequence) for sequence in sequences],
+            "sequence": sequences,
+            "length": pa.array([len(sequence) for sequence in sequences], pa.int32()),
+        }
+    )
+    write_parquet(proteins, folder / "proteins.parquet", provenance("sequences", {}))
+    shard_unique(folder / "proteins.parquet", folder / "shard.parquet", n_buckets)
+    paths = [folder / f"bucket={bucket:04d}.parquet" for bucket in range(n_buckets)]
+    for bucket, path in enumerate(paths):
+        gather_bucket([folder / "shard.parquet"], bucket, path)
+    return paths

@@ -61,14 +61,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from bacflow import mmseqs  # noqa: E402
 from bacflow.families import FamilyParams, build_families, iter_sorted  # noqa: E402
-from bacflow.seqhash import seq_hash  # noqa: E402
-from bacflow.unique import gather_bucket, shard_unique  # noqa: E402
+from bacflow.unique import sequence_buckets  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "families"
 RESULTS = REPO / "bench" / "results"
@@ -121,8 +119,7 @@ def make_example(data: Path) -> list[Path]:
         return paths
     with gzip.open(data / "mmseqs2" / "DB.fasta.gz", "rt") as handle:
         sequences = ["".join(block.partition("\n")[2].split()) for block in handle.read().lstrip(">").split("\n>")]
-    write_buckets(sequences, paths)
-    return paths
+    return sequence_buckets(sequences, folder, len(paths))
 
 
 def make_variants(buckets: list[Path], copies: int, rate: float) -> list[Path]:
@@ -143,25 +140,7 @@ def make_variants(buckets: list[Path], copies: int, rate: float) -> list[Path]:
             hits = rng.random(len(residues)) < rate
             residues[hits] = rng.choice(alphabet, int(hits.sum()))
             sequences.append(residues.tobytes().decode())
-    write_buckets(sequences, paths)
-    return paths
-
-
-def write_buckets(sequences: list[str], paths: list[Path]) -> None:
-    """Unique-sequence buckets of `sequences`, made with bacflow.unique as the workflow makes them."""
-    folder = paths[0].parent
-    folder.mkdir(parents=True, exist_ok=True)
-    proteins = pa.table(
-        {
-            "seq_hash": [seq_hash(sequence) for sequence in sequences],
-            "sequence": sequences,
-            "length": pa.array([len(sequence) for sequence in sequences], pa.int32()),
-        }
-    )
-    pq.write_table(proteins, folder / "proteins.parquet")
-    shard_unique(folder / "proteins.parquet", folder / "shard.parquet", len(paths))
-    for bucket, path in enumerate(paths):
-        gather_bucket([folder / "shard.parquet"], bucket, path)
+    return sequence_buckets(sequences, folder, len(paths))
 
 
 def make_subset(buckets: list[Path], name: str, part: int) -> list[Path]:

@@ -26,7 +26,7 @@ from bacflow.families import (
 )
 from bacflow.seqhash import seq_hash
 from bacflow.tables import read_metadata
-from bacflow.unique import UNIQUE_SCHEMA, gather_bucket, shard_unique
+from bacflow.unique import UNIQUE_SCHEMA, sequence_buckets
 from conftest import SHARED_DATA, needs_shared
 
 MMSEQS_EXAMPLE = SHARED_DATA / "mmseqs2" / "DB.fasta.gz"
@@ -40,24 +40,6 @@ def read_protein_fasta(path: Path) -> list[str]:
     with gzip.open(path, "rt") as handle:
         blocks = handle.read().lstrip(">").split("\n>")
     return ["".join(block.partition("\n")[2].split()) for block in blocks]
-
-
-def write_buckets(folder: Path, sequences: list[str], buckets: int = 4) -> list[Path]:
-    """Unique-sequence buckets of `sequences` (one protein each; repeats count) made by bacflow.unique."""
-    folder.mkdir(parents=True, exist_ok=True)
-    proteins = pa.table(
-        {
-            "seq_hash": [seq_hash(sequence) for sequence in sequences],
-            "sequence": sequences,
-            "length": pa.array([len(sequence) for sequence in sequences], pa.int32()),
-        }
-    )
-    pq.write_table(proteins, folder / "proteins.parquet")
-    shard_unique(folder / "proteins.parquet", folder / "shard.parquet", buckets)
-    paths = [folder / f"bucket={bucket:04d}.parquet" for bucket in range(buckets)]
-    for bucket, path in enumerate(paths):
-        gather_bucket([folder / "shard.parquet"], bucket, path)
-    return paths
 
 
 def write_raw_bucket(path: Path, sequences: list[str]) -> list[Path]:
@@ -102,7 +84,7 @@ def plain_mmseqs_clusters(workdir: Path, buckets: list[Path], module: str, *args
 def example_buckets(tmp_path_factory) -> list[Path]:
     if not MMSEQS_EXAMPLE.is_file():
         pytest.skip(f"{MMSEQS_EXAMPLE} is absent")
-    return write_buckets(tmp_path_factory.mktemp("example"), read_protein_fasta(MMSEQS_EXAMPLE), buckets=8)
+    return sequence_buckets(read_protein_fasta(MMSEQS_EXAMPLE), tmp_path_factory.mktemp("example"), 8)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +109,7 @@ def test_linclust_families_equal_plain_easy_linclust(example_buckets, example_fa
 @needs_mmseqs
 def test_cluster_method_equals_plain_easy_cluster(tmp_path):
     sequences = read_protein_fasta(MMSEQS_EXAMPLE)[:1000]
-    buckets = write_buckets(tmp_path / "buckets", sequences)
+    buckets = sequence_buckets(sequences, tmp_path / "buckets", 4)
     params = FamilyParams(method="cluster", min_seq_id=0.3, coverage=0.8, cov_mode=0, sensitivity=4.0)
     build_families(buckets, tmp_path / "families.parquet", tmp_path / "vocab", params, threads=2)
     ours = {hash_: row["representative"] for hash_, row in families_of(tmp_path / "families.parquet").items()}
@@ -181,7 +163,7 @@ def test_only_the_largest_families_are_labelled(example_buckets, tmp_path):
 @needs_mmseqs
 def test_two_runs_are_byte_identical_whatever_the_threads_and_buckets(example_buckets, example_families, tmp_path):
     sequences = read_protein_fasta(MMSEQS_EXAMPLE)
-    rebucketed = write_buckets(tmp_path / "buckets", sequences, buckets=3)
+    rebucketed = sequence_buckets(sequences, tmp_path / "buckets", 3)
     build_families(rebucketed, tmp_path / "families.parquet", tmp_path / "vocab", FamilyParams(), threads=1)
     assert (tmp_path / "families.parquet").read_bytes() == (example_families / "families.parquet").read_bytes()
     comparison = filecmp.dircmp(tmp_path / "vocab", example_families / "vocab")
@@ -197,9 +179,9 @@ def test_two_runs_are_byte_identical_whatever_the_threads_and_buckets(example_bu
 def test_assignment_keeps_the_corpus_families_and_searches_new_sequences(tmp_path):
     sequences = read_protein_fasta(MMSEQS_EXAMPLE)
     # The vocabulary of 10,000 proteins; then 12,000 to assign, the first 10,000 of them already seen.
-    corpus = write_buckets(tmp_path / "corpus", sequences[:10000])
+    corpus = sequence_buckets(sequences[:10000], tmp_path / "corpus", 4)
     build_families(corpus, tmp_path / "corpus.parquet", tmp_path / "vocab", FamilyParams(), threads=2)
-    cohort = write_buckets(tmp_path / "cohort", sequences[:12000], buckets=3)
+    cohort = sequence_buckets(sequences[:12000], tmp_path / "cohort", 3)
     counts = assign_families(cohort, tmp_path / "vocab", tmp_path / "assigned.parquet", FamilyParams(), threads=2)
 
     original = families_of(tmp_path / "corpus.parquet")
@@ -227,7 +209,7 @@ def test_vocab_that_does_not_exist_or_differs_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a bacflow vocabulary: vocab.json"):
         check_vocab(tmp_path / "empty", FamilyParams())
-    buckets = write_buckets(tmp_path / "buckets", ["MKVLAAGIVALLLAAGCSSK", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"])
+    buckets = sequence_buckets(["MKVLAAGIVALLLAAGCSSK", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"], tmp_path / "buckets", 4)
     build_families(buckets, tmp_path / "families.parquet", tmp_path / "vocab", FamilyParams())
     with pytest.raises(InputError, match=r"other parameters \(min_seq_id: 0.5 there, 0.9 here\)"):
         assign_families(buckets, tmp_path / "vocab", tmp_path / "assigned.parquet", FamilyParams(min_seq_id=0.9))
@@ -238,13 +220,13 @@ def test_vocab_that_does_not_exist_or_differs_is_refused(tmp_path):
 def test_single_sequence_and_x_are_families(tmp_path):
     protein = "MSKGEELFTGVVPILVELDGDVNGHKFSVSGEGEGDATYGKLTLKFICTTGKLPVPWPTLVTTFSYGVQCFSRYPDHMKQHDFFKSAMPEGYVQERT"
     build_families(
-        write_buckets(tmp_path / "one", [protein]), tmp_path / "one.parquet", tmp_path / "one_vocab", FamilyParams()
+        sequence_buckets([protein], tmp_path / "one", 4), tmp_path / "one.parquet", tmp_path / "one_vocab", FamilyParams()
     )
     (row,) = families_of(tmp_path / "one.parquet").values()
     assert row["family_id"] == 0 and row["representative"] == row["seq_hash"] and row["family_size"] == 1
     # NCBI translations hold X for ambiguous codons: such a sequence joins its family like any other.
     with_x = protein[:30] + "X" + protein[31:60] + "XX" + protein[62:]
-    buckets = write_buckets(tmp_path / "x", [protein, protein, with_x])
+    buckets = sequence_buckets([protein, protein, with_x], tmp_path / "x", 4)
     build_families(buckets, tmp_path / "x.parquet", tmp_path / "x_vocab", FamilyParams())
     rows = families_of(tmp_path / "x.parquet")
     assert {row["family_id"] for row in rows.values()} == {0}
@@ -276,7 +258,7 @@ def test_empty_corpus_and_shared_hashes_fail_clearly(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match="no protein sequences to cluster"):
         build_families(empty, out / "families.parquet", out / "vocab", FamilyParams())
-    buckets = write_buckets(tmp_path / "corpus", ["MKVLAAGIVALLLAAGCSSK"])
+    buckets = sequence_buckets(["MKVLAAGIVALLLAAGCSSK"], tmp_path / "corpus", 4)
     build_families(buckets, tmp_path / "families.parquet", tmp_path / "vocab", FamilyParams())
     with pytest.raises(InputError, match="no protein sequences to assign"):
         assign_families(empty, tmp_path / "vocab", out / "assigned.parquet", FamilyParams())
@@ -290,7 +272,7 @@ def test_empty_corpus_and_shared_hashes_fail_clearly(tmp_path):
 
 
 def test_missing_mmseqs_is_one_clear_error(tmp_path, monkeypatch):
-    buckets = write_buckets(tmp_path / "buckets", ["MKVLAAGIVALLLAAGCSSK"])
+    buckets = sequence_buckets(["MKVLAAGIVALLLAAGCSSK"], tmp_path / "buckets", 4)
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     with pytest.raises(mmseqs.MmseqsError, match="no 'mmseqs' program on PATH.*make system-deps"):
         build_families(buckets, tmp_path / "out" / "families.parquet", tmp_path / "out" / "vocab", FamilyParams())
