@@ -345,14 +345,18 @@ def genome_modelling_loss(logits: torch.Tensor, labels: torch.Tensor, config: Ba
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-class BacformerForMaskedGM(BacformerPreTrainedModel):
-    """Masked genome modelling: predict the family of masked proteins."""
+class BacformerGenomeModelling(BacformerPreTrainedModel):
+    """The encoder and the protein-family head, the same modules under the same keys for both objectives."""
 
     def __init__(self, config: BacformerConfig) -> None:
         super().__init__(config)
         self.bacformer = BacformerModel(config)
         self.gm_head = BacformerGMHead(config)
         self.post_init()
+
+
+class BacformerForMaskedGM(BacformerGenomeModelling):
+    """Masked genome modelling: predict the family of masked proteins."""
 
     @can_return_tuple
     def forward(
@@ -377,14 +381,8 @@ class BacformerForMaskedGM(BacformerPreTrainedModel):
         return BacformerOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
 
-class BacformerForCausalGM(BacformerPreTrainedModel):
+class BacformerForCausalGM(BacformerGenomeModelling):
     """Causal genome modelling: predict each next protein's family (END, class N, after the last)."""
-
-    def __init__(self, config: BacformerConfig) -> None:
-        super().__init__(config)
-        self.bacformer = BacformerModel(config)
-        self.gm_head = BacformerGMHead(config)
-        self.post_init()
 
     @can_return_tuple
     def forward(
