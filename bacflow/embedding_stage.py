@@ -63,7 +63,7 @@ class EmbeddingSettings:
     max_length: int = 1024
     vector_dtype: str = "float32"
     gpu_token_budget: int = 65536
-    cpu_token_budget: int = 4096
+    cpu_token_budget: int = 2048
     checkpoint_sequences: int = 50000
 
     @classmethod
@@ -199,10 +199,11 @@ def _embed_missing(
     import torch
 
     from bacflow.esm_embed import Embedder
+    from bacflow.esm_encoder import EsmEncoder
 
     model, tokenizer = load_esm(model_path, device, getattr(torch, dtype))
     budget = settings.gpu_token_budget if device.type == "cuda" else settings.cpu_token_budget
-    embedder = Embedder(model, tokenizer, pooling=settings.pooling, max_length=settings.max_length, token_budget=budget)
+    embedder = Embedder(EsmEncoder(model), tokenizer, pooling=settings.pooling, max_length=settings.max_length, token_budget=budget)
     embedder.check_probe(model_path)
     probe_calls = embedder.model_calls
     hashes = missing.column("seq_hash").to_numpy(zero_copy_only=False)

@@ -1,7 +1,8 @@
 """ESM-2 protein vectors: tokenisation, length-sorted batches under a token budget, pooling.
 
 The recipe is bacformer.pp's: EsmTokenizer ids with BOS and EOS, truncation to ``max_length`` tokens (the
-first ``max_length - 2`` residues), the EsmModel's last hidden state, and a mean over every non-padding
+first ``max_length - 2`` residues), the EsmModel's last hidden state (computed by
+`bacflow.esm_encoder.EsmEncoder`, a faster forward pass over its weights), and a mean over every non-padding
 token, BOS and EOS included (pooling "mean"). Only the batching differs, and padding is masked out of
 attention, so a vector does not depend on which other sequences share its batch (beyond float rounding).
 
@@ -24,7 +25,9 @@ from bacflow.seqhash import normalise_protein
 
 if TYPE_CHECKING:
     import torch
-    from transformers import EsmModel, EsmTokenizer
+    from transformers import EsmTokenizer
+
+    from bacflow.esm_encoder import EsmEncoder
 
 log = logging.getLogger("bacflow")
 
@@ -96,13 +99,13 @@ class EmbeddedBatch:
 
 
 class Embedder:
-    """Embeds protein sequences with a loaded EsmModel under one recipe's tokens and pooling."""
+    """Embeds protein sequences with an ESM-2 encoder under one recipe's tokens and pooling."""
 
-    def __init__(self, model: EsmModel, tokenizer: EsmTokenizer, *, pooling: str, max_length: int, token_budget: int):
+    def __init__(self, encoder: EsmEncoder, tokenizer: EsmTokenizer, *, pooling: str, max_length: int, token_budget: int):
         import torch
 
-        self.model = model
-        self.device = next(model.parameters()).device
+        self.encoder = encoder
+        self.device = encoder.device
         self.tokens = EsmTokens(tokenizer, max_length)
         self.pooling = pooling
         self.max_length = max_length
@@ -153,7 +156,7 @@ class Embedder:
 
     def embed(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(float32 vectors in input order, tokens, truncated) of `sequences`."""
-        vectors = np.zeros((len(sequences), self.model.config.hidden_size), dtype=np.float32)
+        vectors = np.zeros((len(sequences), self.encoder.hidden_size), dtype=np.float32)
         tokens = np.zeros(len(sequences), dtype=np.int64)
         truncated = np.zeros(len(sequences), dtype=bool)
         for batch in self.batches(sequences):
@@ -169,7 +172,7 @@ class Embedder:
         lengths = torch.from_numpy(tokens).to(self.device, non_blocking=True)
         mask = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
         with torch.inference_mode():
-            hidden = self.model(input_ids=ids_t, attention_mask=mask.long()).last_hidden_state
+            hidden = self.encoder(ids_t, lengths)
             pool = mask.clone()
             if self.pooling == "mean_residues":
                 pool[:, 0] = False

@@ -308,6 +308,7 @@ def published_geometry_on_demo(args: argparse.Namespace, results: Path) -> dict:
     t12 35M timed on a sample of the demo's distinct proteins and scaled to all of them; Bacformer run on the
     demo genomes' shapes (protein counts and contigs) with random vectors."""
     from bacflow.esm_embed import Embedder
+    from bacflow.esm_encoder import EsmEncoder
     from bacflow.esm_model import load_esm
     from bacflow.tiny_models import build_esm2
 
@@ -321,7 +322,7 @@ def published_geometry_on_demo(args: argparse.Namespace, results: Path) -> dict:
     ]
     esm, tokenizer = load_esm(build_esm2(WORK / "esm2-t12_35M", geometry="t12_35M"), device, getattr(torch, dtype))
     embedder = Embedder(
-        esm, tokenizer, pooling="mean", max_length=1024, token_budget=4096 if device.type == "cpu" else 65536
+        EsmEncoder(esm), tokenizer, pooling="mean", max_length=1024, token_budget=4096 if device.type == "cpu" else 65536
     )
     embedder.embed(sample[:4])  # warm-up
     esm_sample_seconds, _, _ = timed(lambda: embedder.embed(sample))

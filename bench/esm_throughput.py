@@ -11,7 +11,8 @@ translations in ``../shared/data``, 314,411 tokens, 7 over 1,022 aa) are embedde
   longest, truncation to 1,024 tokens, ``torch.no_grad``, mean over the attention mask (BOS/EOS in);
 * ``bacflow``: ``bacflow.esm_embed.Embedder`` as a bucket job runs it: batches longest first under the
   token budget (``--token-budget``, default the config's ``cpu_token_budget``/``gpu_token_budget``),
-  ``torch.inference_mode``, float32 on the CPU, bfloat16 with SDPA on a GPU.
+  bacflow's forward pass (``bacflow.esm_encoder``, SDPA attention) over the same weights,
+  ``torch.inference_mode``, float32 on the CPU, bfloat16 on a GPU.
 
 The model is facebook/esm2_t12_35M_UR50D's architecture (12 layers, hidden 480, 20 heads, intermediate
 1,920, 33 tokens, 1,026 positions, rotary) with random weights: speed does not depend on the weights.
@@ -68,6 +69,7 @@ sys.path.insert(0, str(REPO))
 
 from bacflow.embedding_stage import EmbeddingSettings  # noqa: E402
 from bacflow.esm_embed import Embedder  # noqa: E402
+from bacflow.esm_encoder import EsmEncoder  # noqa: E402
 from bacflow.esm_model import load_esm  # noqa: E402
 from bacflow.seqhash import normalise_protein  # noqa: E402
 from bacflow.tiny_models import ESM2_GEOMETRIES, build_esm2  # noqa: E402
@@ -217,7 +219,7 @@ def main() -> None:
     proteins = load_proteins(args.proteins)
     reference = Reference(model_path, device)
     model, tokenizer = load_esm(model_path, device, dtype)
-    ours = Embedder(model, tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
+    ours = Embedder(EsmEncoder(model), tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
     # Warm-up (untimed): first calls allocate and pick kernels.
     reference.embed(proteins[:8])
     ours.embed(proteins[:8])

@@ -13,6 +13,7 @@ from transformers import EsmTokenizer
 
 from bacflow.errors import InputError
 from bacflow.esm_embed import EmbeddedBatch, Embedder, EsmTokens
+from bacflow.esm_encoder import EsmEncoder
 from bacflow.esm_model import load_esm
 from bacflow.tiny_models import build_esm2
 from conftest import needs_shared
@@ -24,7 +25,7 @@ CPU = torch.device("cpu")
 
 def embedder(model_path: Path, token_budget: int = 4096, pooling: str = "mean") -> Embedder:
     model, tokenizer = load_esm(model_path, CPU, torch.float32)
-    return Embedder(model, tokenizer, pooling=pooling, max_length=1024, token_budget=token_budget)
+    return Embedder(EsmEncoder(model), tokenizer, pooling=pooling, max_length=1024, token_budget=token_budget)
 
 
 def test_real_proteins_cover_the_hard_cases():
@@ -105,9 +106,8 @@ def test_batches_are_longest_first_under_the_budget(baseline):
     assert len(batches[-1].positions) > 4  # short proteins do share batches
 
 
-def test_cpu_runs_float32_with_fused_attention_under_inference_mode(tiny_esm: Path, baseline):
-    model, _ = load_esm(tiny_esm, CPU, torch.float32)
-    assert model.config._attn_implementation == "sdpa" and model.dtype == torch.float32 and not model.training
+def test_cpu_runs_float32_under_inference_mode(tiny_esm: Path, baseline):
+    assert embedder(tiny_esm).encoder.dtype == torch.float32
     assert all(batch.vectors.is_inference() and batch.vectors.dtype == torch.float32 for batch in baseline[0])
 
 
@@ -116,7 +116,7 @@ def test_bfloat16_as_on_a_gpu_stays_near_float32(tiny_esm: Path, baseline):
     model, tokenizer = load_esm(tiny_esm, CPU, torch.bfloat16)
     assert model.dtype == torch.bfloat16
     chosen = list(range(140, 180))
-    vectors, _, _ = Embedder(model, tokenizer, pooling="mean", max_length=1024, token_budget=4096).embed(
+    vectors, _, _ = Embedder(EsmEncoder(model), tokenizer, pooling="mean", max_length=1024, token_budget=4096).embed(
         [real_proteins()[i] for i in chosen]
     )
     assert vectors.dtype == np.float32 and np.abs(vectors - baseline[1][chosen]).max() <= 0.1
@@ -133,32 +133,29 @@ def test_mean_over_residues_leaves_out_bos_and_eos(tiny_esm: Path):
 
 
 class OutOfMemoryAbove:
-    """An EsmModel stand-in that raises CUDA's out-of-memory error for batches over `limit` tokens."""
+    """An encoder stand-in that raises CUDA's out-of-memory error for batches over `limit` tokens."""
 
-    def __init__(self, model, limit: int):
-        self.model, self.limit, self.failures = model, limit, 0
-        self.config = model.config
+    def __init__(self, encoder: EsmEncoder, limit: int):
+        self.encoder, self.limit, self.failures = encoder, limit, 0
+        self.device, self.hidden_size = encoder.device, encoder.hidden_size
 
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, lengths):
         if input_ids.numel() > self.limit:
             self.failures += 1
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.encoder(input_ids, lengths)
 
 
 def test_out_of_memory_splits_the_batch_and_keeps_going(tiny_esm: Path, baseline):
     proteins = list(real_proteins())
     model, tokenizer = load_esm(tiny_esm, CPU, torch.float32)
-    flaky = OutOfMemoryAbove(model, limit=2500)
+    flaky = OutOfMemoryAbove(EsmEncoder(model), limit=2500)
     embedding = Embedder(flaky, tokenizer, pooling="mean", max_length=1024, token_budget=20_000)
     vectors, _, _ = embedding.embed(proteins)
     assert flaky.failures >= 1 and embedding.token_budget <= 2500
     assert np.abs(vectors - baseline[1]).max() <= 1e-5
 
-    hopeless = Embedder(OutOfMemoryAbove(model, limit=100), tokenizer, pooling="mean", max_length=1024, token_budget=4096)
+    hopeless = Embedder(OutOfMemoryAbove(EsmEncoder(model), limit=100), tokenizer, pooling="mean", max_length=1024, token_budget=4096)
     with pytest.raises(RuntimeError, match="does not fit in GPU memory"):
         hopeless.embed(proteins[:3])
 
