@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from transformers import EsmModel, EsmTokenizer
+from transformers import EsmTokenizer
 
 from bacflow.embedding_stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard
 from bacflow.errors import InputError
 from bacflow.esm_embed import PROBE_SEQUENCE
+from bacflow.esm_encoder import EsmEncoder
 from bacflow.seqhash import seq_hash
 from bacflow.unique import gather_bucket, shard_unique
 from conftest import needs_shared
@@ -87,15 +88,15 @@ def run_stage(cohort: dict[str, Path], work: Path, model: Path, store: Path, n_b
 
 @pytest.fixture
 def model_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """Every sequence (as its token ids) that EsmModel is run on, in this test."""
+    """Every sequence (as its token ids) that the ESM-2 encoder is run on, in this test."""
     fed: list[tuple[int, ...]] = []
-    forward = EsmModel.forward
+    forward = EsmEncoder.__call__
 
-    def counting(self, input_ids=None, attention_mask=None, **kwargs):
-        fed.extend(tuple(row[mask.bool()].tolist()) for row, mask in zip(input_ids, attention_mask))
-        return forward(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def counting(self, input_ids, lengths):
+        fed.extend(tuple(row[:length].tolist()) for row, length in zip(input_ids, lengths))
+        return forward(self, input_ids, lengths)
 
-    monkeypatch.setattr(EsmModel, "forward", counting)
+    monkeypatch.setattr(EsmEncoder, "__call__", counting)
     return fed
 
 
@@ -180,12 +181,12 @@ def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, ti
 
 KILLABLE = """
 import json, sys, time
-from transformers import EsmModel
-forward = EsmModel.forward
-def slow(self, *args, **kwargs):
+from bacflow.esm_encoder import EsmEncoder
+forward = EsmEncoder.__call__
+def slow(self, *args):
     time.sleep(0.2)  # slow enough to be killed midway
-    return forward(self, *args, **kwargs)
-EsmModel.forward = slow
+    return forward(self, *args)
+EsmEncoder.__call__ = slow
 from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
 args = json.loads(sys.argv[1])
 embed_bucket(args["bucket"], args["unique"], args["out"], bucket=0, n_buckets=1, model=args["model"], revision=None,
