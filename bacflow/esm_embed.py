@@ -172,7 +172,7 @@ class Embedder:
         lengths = torch.from_numpy(tokens).to(self.device, non_blocking=True)
         mask = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
         with torch.inference_mode():
-            hidden = self.encoder(ids_t, lengths)
+            hidden = self.encoder(ids_t, mask)
             pool = mask.clone()
             if self.pooling == "mean_residues":
                 pool[:, 0] = False

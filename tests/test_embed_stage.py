@@ -92,9 +92,9 @@ def model_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     fed: list[tuple[int, ...]] = []
     forward = EsmEncoder.__call__
 
-    def counting(self, input_ids, lengths):
-        fed.extend(tuple(row[:length].tolist()) for row, length in zip(input_ids, lengths))
-        return forward(self, input_ids, lengths)
+    def counting(self, input_ids, real):
+        fed.extend(tuple(row[mask].tolist()) for row, mask in zip(input_ids, real))
+        return forward(self, input_ids, real)
 
     monkeypatch.setattr(EsmEncoder, "__call__", counting)
     return fed

@@ -139,11 +139,11 @@ class OutOfMemoryAbove:
         self.encoder, self.limit, self.failures = encoder, limit, 0
         self.device, self.hidden_size = encoder.device, encoder.hidden_size
 
-    def __call__(self, input_ids, lengths):
+    def __call__(self, input_ids, real):
         if input_ids.numel() > self.limit:
             self.failures += 1
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.encoder(input_ids, lengths)
+        return self.encoder(input_ids, real)
 
 
 def test_out_of_memory_splits_the_batch_and_keeps_going(tiny_esm: Path, baseline):

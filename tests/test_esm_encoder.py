@@ -34,7 +34,7 @@ def hidden_states(model_path: Path, dtype: torch.dtype, proteins: list[str]) -> 
     ids, mask = padded_batch(model_path, proteins)
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        ours = EsmEncoder(model)(ids, mask.sum(1))
+        ours = EsmEncoder(model)(ids, mask.bool())
     return expected.float(), ours.float(), mask.bool()
 
 
