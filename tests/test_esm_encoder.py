@@ -17,6 +17,11 @@ from esm_helpers import real_proteins, tiny_esm  # noqa: F401 (fixture)
 
 pytestmark = needs_shared
 CPU = torch.device("cpu")
+#: bfloat16 is the compute dtype on GPUs; its test also runs on the CPU so that CI exercises it.
+DEVICES = [
+    CPU,
+    pytest.param(torch.device("cuda"), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
 
 
 def padded_batch(model_path: Path, proteins: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,14 +33,16 @@ def padded_batch(model_path: Path, proteins: list[str]) -> tuple[torch.Tensor, t
     return batch["input_ids"], batch["attention_mask"]
 
 
-def hidden_states(model_path: Path, dtype: torch.dtype, proteins: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(EsmModel's last hidden state, the encoder's, attention mask) of one padded batch."""
-    model, _ = load_esm(model_path, CPU, dtype)
-    ids, mask = padded_batch(model_path, proteins)
+def hidden_states(
+    model_path: Path, dtype: torch.dtype, proteins: list[str], device: torch.device = CPU
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(EsmModel's last hidden state, the encoder's, attention mask) of one padded batch run on `device`, returned on the CPU."""
+    model, _ = load_esm(model_path, device, dtype)
+    ids, mask = (tensor.to(device) for tensor in padded_batch(model_path, proteins))
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
         ours = EsmEncoder(model)(ids, mask.bool())
-    return expected.float(), ours.float(), mask.bool()
+    return expected.float().cpu(), ours.float().cpu(), mask.bool().cpu()
 
 
 def test_hidden_states_equal_esm_model_in_float32(tiny_esm: Path):
@@ -53,11 +60,12 @@ def test_hidden_states_equal_esm_model_with_the_35m_geometry(tmp_path: Path):
     assert (ours[real] - expected[real]).abs().max() <= 1e-5
 
 
-def test_bfloat16_stays_near_esm_model_in_bfloat16(tiny_esm: Path):
-    """The GPU's compute dtype: bfloat16 rounding differs with the order of operations (a few ulps of
-    values of order 1: measured up to 0.031), so within 0.06 of each other and of float32."""
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_bfloat16_stays_near_esm_model_in_bfloat16(tiny_esm: Path, device: torch.device):
+    """bfloat16 rounding differs with the order of operations (a few ulps of values of order 1: measured
+    up to 0.031 on the CPU), so within 0.06 of each other and of float32."""
     proteins = sorted(real_proteins()[:40], key=len)[::8]
-    expected, ours, real = hidden_states(tiny_esm, torch.bfloat16, proteins)
+    expected, ours, real = hidden_states(tiny_esm, torch.bfloat16, proteins, device)
     exact, _, _ = hidden_states(tiny_esm, torch.float32, proteins)
     assert (ours[real] - expected[real]).abs().max() <= 0.06
     assert (ours[real] - exact[real]).abs().max() <= 0.06

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 from bacflow.errors import InputError
-from bacflow.esm_model import folder_checksum, load_esm, resolve_model
+from bacflow.esm_model import choose_device, folder_checksum, load_esm, resolve_model
 from bacflow.esm_recipe import EmbeddingRecipe
 from bacflow.tiny_models import ESM2_VOCAB, build_esm2
 from esm_helpers import tiny_esm  # noqa: F401 (fixture)
@@ -121,3 +121,21 @@ def test_weights_of_the_wrong_shape(tiny_esm: Path, tmp_path: Path):
     shutil.copy(tmp_path / "other-geometry" / "model.safetensors", wrong / "model.safetensors")
     with pytest.raises(InputError, match="wrong shape|do not load"):
         load_esm(wrong, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("bf16", "requested", "expected"),
+    [(True, "auto", "bfloat16"), (False, "auto", "float16"), (True, "float32", "float32")],
+)
+def test_embeds_on_the_gpu_with_the_most_free_memory(monkeypatch: pytest.MonkeyPatch, bf16: bool, requested: str, expected: str):
+    free_bytes = {0: 2 << 30, 1: 70 << 30, 2: 30 << 30}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_bytes))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (free_bytes[index], 80 << 30))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert choose_device(requested) == (torch.device("cuda", 1), expected)
+
+
+def test_embeds_on_the_cpu_in_float32_without_a_gpu(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == (torch.device("cpu"), "float32")
