@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,9 @@ from bacflow.esm_recipe import EmbeddingRecipe
 from bacflow.provenance import CORE_PACKAGES, provenance
 from bacflow.tables import parquet_writer, read_metadata, write_parquet
 from bacflow.unique import bucket_of
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("bacflow")
 
@@ -69,6 +72,10 @@ class EmbeddingSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EmbeddingSettings:
         return cls(**{field.name: config[field.name] for field in fields(cls) if field.name in config})
+
+    def token_budget(self, device: torch.device) -> int:
+        """Tokens per batch, padding included, on `device`."""
+        return self.gpu_token_budget if device.type == "cuda" else self.cpu_token_budget
 
 
 def bucket_schema(vector: pa.DataType) -> pa.Schema:
@@ -202,8 +209,9 @@ def _embed_missing(
     from bacflow.esm_encoder import EsmEncoder
 
     model, tokenizer = load_esm(model_path, device, getattr(torch, dtype))
-    budget = settings.gpu_token_budget if device.type == "cuda" else settings.cpu_token_budget
-    embedder = Embedder(EsmEncoder(model), tokenizer, pooling=settings.pooling, max_length=settings.max_length, token_budget=budget)
+    embedder = Embedder(
+        EsmEncoder(model), tokenizer, pooling=settings.pooling, max_length=settings.max_length, token_budget=settings.token_budget(device)
+    )
     embedder.check_probe(model_path)
     probe_calls = embedder.model_calls
     hashes = missing.column("seq_hash").to_numpy(zero_copy_only=False)

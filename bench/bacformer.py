@@ -68,6 +68,7 @@ import torch  # noqa: E402
 from bacflow.bacformer_model import load_bacformer  # noqa: E402
 from bacflow.bacformer_stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome  # noqa: E402
 from bacflow.demo import write_demo_sheet  # noqa: E402
+from bacflow.embedding_stage import EmbeddingSettings  # noqa: E402
 from bacflow.embedding_store import vector_array  # noqa: E402
 from bacflow.esm_model import choose_device  # noqa: E402
 from bacflow.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
@@ -322,7 +323,7 @@ def published_geometry_on_demo(args: argparse.Namespace, results: Path) -> dict:
     ]
     esm, tokenizer = load_esm(build_esm2(WORK / "esm2-t12_35M", geometry="t12_35M"), device, getattr(torch, dtype))
     embedder = Embedder(
-        EsmEncoder(esm), tokenizer, pooling="mean", max_length=1024, token_budget=4096 if device.type == "cpu" else 65536
+        EsmEncoder(esm), tokenizer, pooling="mean", max_length=1024, token_budget=EmbeddingSettings().token_budget(device)
     )
     embedder.embed(sample[:4])  # warm-up
     esm_sample_seconds, _, _ = timed(lambda: embedder.embed(sample))

@@ -194,8 +194,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    defaults = EmbeddingSettings()
-    budget = args.token_budget or (defaults.gpu_token_budget if device.type == "cuda" else defaults.cpu_token_budget)
+    budget = args.token_budget or EmbeddingSettings().token_budget(device)
     output = args.output or REPO / "bench" / "results" / f"esm_throughput{'_cuda' if device.type == 'cuda' else ''}.md"
     model_path = REPO / "bench" / "work" / "esm" / "esm2_t12_35M-random"
     if not (model_path / "model.safetensors").exists():
