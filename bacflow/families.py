@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Literal
@@ -48,6 +47,7 @@ import pyarrow.parquet as pq
 from bacflow import mmseqs
 from bacflow.errors import InputError
 from bacflow.provenance import canonical_json, provenance
+from bacflow.scratch import scratch_dir
 from bacflow.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -302,8 +302,7 @@ def build_families(
     """
     bucket_paths = [Path(path) for path in bucket_paths]
     version = mmseqs.version()
-    with tempfile.TemporaryDirectory(dir=tmpdir, prefix="bacflow-families-") as scratch:
-        work = Path(scratch)
+    with scratch_dir(tmpdir, "bacflow-families") as work:
         hashes, occurrences = _write_corpus(bucket_paths, work / "corpus.fasta")
         if len(hashes) == 0:
             raise InputError(
@@ -537,8 +536,7 @@ def assign_families(
     member_family = pc.fill_null(members.column("family_id"), -1).to_numpy()
     ids = pq.read_table(vocab_dir / "ids.parquet", schema=VOCAB_IDS_SCHEMA)
 
-    with tempfile.TemporaryDirectory(dir=tmpdir, prefix="bacflow-assign-") as scratch:
-        work = Path(scratch)
+    with scratch_dir(tmpdir, "bacflow-assign") as work:
         hashes, families, novel = [], [], []
         count = 0
         with open(work / "query.fasta", "wb") as handle:

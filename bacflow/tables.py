@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,3 +55,31 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """The bacflow key-value metadata of a parquet file, decoded."""
     raw = pq.read_schema(path).metadata or {}
     return {key.decode(): value.decode() for key, value in raw.items() if key.startswith(b"bacflow.")}
+
+
+#: A shard's entry in a dataset folder: a Hive folder (``shard=00001/``) or a file (``shard=00001.parquet``).
+_SHARD_ENTRY = re.compile(r"^shard=\d+(\.parquet)?$")
+
+
+def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
+    """Delete the shard entries in the folders of `current` (the files of the run's plan) that are not theirs.
+
+    They are what a plan that no longer holds left behind (another ``shard_size``, genomes removed from the
+    sheet): left there, reading the folder as a dataset would return their rows too. Returns what was removed.
+    """
+    kept: dict[Path, set[str]] = {}
+    for path in map(Path, current):
+        entry = next((part for part in (path, *path.parents) if _SHARD_ENTRY.match(part.name)), None)
+        if entry is None:
+            raise ValueError(f"{path} is not in a shard entry (shard=N/ or shard=N.parquet)")
+        kept.setdefault(entry.parent, set()).add(entry.name)
+    removed = []
+    for folder, names in kept.items():
+        for entry in sorted(folder.iterdir()):
+            if _SHARD_ENTRY.match(entry.name) and entry.name not in names:
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+    return removed

@@ -1,16 +1,22 @@
-"""Atomic parquet writing: the final name holds a whole file or nothing, with the user's umask."""
+"""Atomic parquet writing: the final name holds a whole file or nothing, with the user's umask; dataset folders
+cleared of other plans' shards; scratch folders that killed jobs leave behind."""
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow.tables import parquet_writer, read_metadata, write_parquet
+from bacflow.scratch import scratch_dir
+from bacflow.tables import parquet_writer, read_metadata, remove_stale_shards, write_parquet
 
 TABLE = pa.table({"genome_id": ["a", "b"], "n": [1, 2]})
 
@@ -40,3 +46,35 @@ def test_a_failed_streamed_write_leaves_nothing(tmp_path: Path) -> None:
         writer.write_table(TABLE)
         writer.write_table(TABLE)
     assert pq.read_table(path).num_rows == 4 and read_metadata(path) == {"bacflow.stage": "test"}
+
+
+def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
+    dataset, files = tmp_path / "proteins", tmp_path / "shards"
+    for shard in ("00000", "00001", "00002"):
+        write_parquet(pa.table({"x": [1]}), dataset / f"shard={shard}" / "part-0.parquet", {})
+        write_parquet(pa.table({"x": [1]}), files / f"shard={shard}.parquet", {})
+    (files / "notes.txt").write_text("not a shard: kept")
+    (files / ".shard=00003.parquet.abc.tmp").write_text("another writer's temporary file: kept")
+    current = [dataset / "shard=00000" / "part-0.parquet", files / "shard=00000.parquet", files / "shard=00002.parquet"]
+    removed = remove_stale_shards(current)
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in removed) == [
+        "proteins/shard=00001", "proteins/shard=00002", "shards/shard=00001.parquet"
+    ]
+    assert pq.read_table(dataset).num_rows == 1
+    assert sorted(path.name for path in files.iterdir()) == [".shard=00003.parquet.abc.tmp", "notes.txt", "shard=00000.parquet", "shard=00002.parquet"]
+    with pytest.raises(ValueError, match="not in a shard entry"):
+        remove_stale_shards([tmp_path / "elsewhere.parquet"])
+
+
+def test_scratch_dir_removes_what_killed_processes_left_and_nothing_else(tmp_path: Path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    host = re.sub(r"[^\w.]", "_", socket.gethostname())
+    left = tmp_path / f"bacflow-families-{host}-{gone.stdout.strip()}-abc123"  # as a SIGKILL leaves it
+    alive = tmp_path / f"bacflow-families-{host}-{os.getppid()}-def456"  # a job still running
+    other = tmp_path / f"bacflow-assign-{host}-{gone.stdout.strip()}-ghi789"  # another prefix: not ours to judge
+    for folder in (left, alive, other):
+        (folder / "tmp").mkdir(parents=True)
+    with scratch_dir(tmp_path, "bacflow-families") as work:
+        assert work.is_dir() and work.name.startswith(f"bacflow-families-{host}-{os.getpid()}-")
+        assert not left.exists() and alive.exists() and other.exists()
+    assert not work.exists()
