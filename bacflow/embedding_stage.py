@@ -2,11 +2,19 @@
 
 1. ``embed_bucket`` (one GPU job per bucket of unique sequences): looks the bucket's sequences up in the
    store of the recipe, embeds the missing ones (each exactly once; parts written as it goes), then
-   writes the run's ``embeddings/buckets/bucket=NNNN.parquet``: the bucket's vectors once per genome shard
-   that uses them, sorted by shard in row groups, so that a shard reads only its own rows.
-2. ``gather_shard`` (one CPU job per genome shard): reads its rows from every bucket file and writes
-   ``embeddings/shards/shard=NNNNN.parquet``, one vector per protein in genome order, plus per-genome QC.
+   writes the run's ``embeddings/buckets/bucket=NNNN/``: ``bucket.json`` (the recipe, for every shard
+   job) and, for each genome shard whose gathered vectors are missing or out of date, that shard's
+   vectors of this bucket (``shard=NNNNN.parquet``), so that a shard job reads only its own rows.
+2. ``gather_shard`` (one CPU job per genome shard): reads its rows from every bucket folder and writes
+   ``embeddings/shards/shard=NNNNN.parquet``, one vector per protein in genome order, plus per-genome QC,
+   then deletes the rows it read. Rows a bucket job did not write for it (a shard job re-run for its
+   own reasons) come from the store itself, which is slower but gives the same vectors.
 3. ``embedding_qc``: the shards' QC rows in one table, ``qc/embeddings.parquet``.
+
+Bucket folders outlive the run (small once their rows are read), so that the workflow can tell shard jobs
+apart: appending genomes re-runs every bucket job (each embeds only the new sequences) but only the new
+shards' gathers, since a gathered shard that is still current depends on the bucket folders by their
+existence alone (``ancient`` in the rule).
 
 The recipe key is worked out in the bucket jobs, where the device (and so the "auto" dtype) and a local
 model's checksum are known; every output names it in its metadata, and the gather refuses vectors of
@@ -31,7 +39,7 @@ from bacflow.errors import InputError
 from bacflow.esm_model import choose_device, load_esm, resolve_model
 from bacflow.esm_recipe import EmbeddingRecipe
 from bacflow.provenance import CORE_PACKAGES, provenance
-from bacflow.tables import parquet_writer, read_metadata, write_parquet
+from bacflow.tables import atomic_path, read_metadata, remove_stale_shards, write_parquet
 from bacflow.unique import bucket_of
 
 if TYPE_CHECKING:
@@ -42,8 +50,10 @@ log = logging.getLogger("bacflow")
 ML_PACKAGES = (*CORE_PACKAGES, "torch", "transformers", "huggingface_hub")
 RECIPE_KEY = "bacflow.embedding_recipe_key"
 RECIPE = "bacflow.embedding_recipe"
-# ~16 MB of float32 vectors of the 35M model per row group: a shard's rows span few row groups.
-_ROW_GROUP_ROWS = 8192
+#: Settings that decide only how work is split up, never a vector.
+_NO_OUTPUT_EFFECT = ("checkpoint_sequences",)
+#: What a bucket folder tells the shard jobs: the recipe, the vector width and type, the bucket.
+BUCKET_INFO = "bucket.json"
 
 QC_SCHEMA = pa.schema(
     [
@@ -73,15 +83,20 @@ class EmbeddingSettings:
     def from_config(cls, config: Mapping[str, Any]) -> EmbeddingSettings:
         return cls(**{field.name: config[field.name] for field in fields(cls) if field.name in config})
 
+    def output_params(self) -> dict[str, Any]:
+        """The settings that can change a vector: what the rules pass as params, whose changes re-run jobs.
+        (Token budgets stay: they change which sequences share a batch, which moves vectors by ~1e-7.)"""
+        return {key: value for key, value in asdict(self).items() if key not in _NO_OUTPUT_EFFECT}
+
     def token_budget(self, device: torch.device) -> int:
         """Tokens per batch, padding included, on `device`."""
         return self.gpu_token_budget if device.type == "cuda" else self.cpu_token_budget
 
 
 def bucket_schema(vector: pa.DataType) -> pa.Schema:
+    """A bucket folder's rows for one genome shard."""
     return pa.schema(
         [
-            ("shard", pa.string()),
             ("seq_hash", pa.string()),
             ("vector", vector),
             ("truncated", pa.bool_()),
@@ -123,8 +138,9 @@ def read_bucket(path: str | Path, bucket: int, n_buckets: int) -> pa.Table:
 def embed_bucket(
     bucket_path: str | Path,
     shard_unique_paths: Mapping[str, str | Path],
-    out_path: str | Path,
+    out_dir: str | Path,
     *,
+    gathered_paths: Mapping[str, str | Path],
     bucket: int,
     n_buckets: int,
     model: str,
@@ -133,10 +149,12 @@ def embed_bucket(
     settings: EmbeddingSettings,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Make sure the store holds every sequence of one bucket; write the bucket's vectors by shard.
+    """Make sure the store holds every sequence of one bucket; write the bucket folder `out_dir`.
 
     `shard_unique_paths` maps each genome shard to its distinct-sequence table (unique/shards/), which
-    says which of the bucket's sequences the shard needs. Returns counts for the log and tests.
+    says which of the bucket's sequences the shard needs; `gathered_paths` maps it to its gathered
+    vectors (embeddings/shards/), which decide whether the shard needs rows from this job (see
+    `pending_shards`). Returns counts for the log and tests.
     """
     import torch
 
@@ -180,14 +198,16 @@ def embed_bucket(
     )
     if vectors.num_rows != sequences.num_rows:
         raise RuntimeError(f"bucket {bucket}: {vectors.num_rows} vectors for {sequences.num_rows} sequences")
-    schema = bucket_schema(vector_type(dim, recipe.vector_dtype))
-    _write_by_shard(vectors, shard_unique_paths, out_path, bucket, schema, metadata)
+    pending = pending_shards(shard_unique_paths, gathered_paths, recipe.key)
+    log.info("bucket %04d: rows for %d of %d genome shards", bucket, len(pending), len(shard_unique_paths))
+    _write_bucket_folder(vectors, {shard: shard_unique_paths[shard] for shard in pending}, out_dir, bucket, n_buckets, recipe, dim, metadata)
     return {
         "recipe": recipe.key,
         "sequences": sequences.num_rows,
         "embedded": missing.num_rows,
         "reused": len(known),
         "model_calls": model_calls,
+        "shards": len(pending),
     }
 
 
@@ -246,50 +266,81 @@ def _hidden_size(model_path: str) -> int:
     return int(config["hidden_size"])
 
 
-def _write_by_shard(
+def pending_shards(
+    shard_unique_paths: Mapping[str, str | Path], gathered_paths: Mapping[str, str | Path], recipe_key: str
+) -> list[str]:
+    """The genome shards whose gathered vectors are missing, older than their distinct-sequence table, or
+    of another recipe: those whose gather will run and needs this bucket's rows."""
+    pending = []
+    for shard, unique_path in sorted(shard_unique_paths.items()):
+        gathered = Path(gathered_paths[shard])
+        if (
+            not gathered.exists()
+            or gathered.stat().st_mtime < Path(unique_path).stat().st_mtime
+            or read_metadata(gathered).get(RECIPE_KEY) != recipe_key
+        ):
+            pending.append(shard)
+    return pending
+
+
+def _write_bucket_folder(
     vectors: pa.Table,
     shard_unique_paths: Mapping[str, str | Path],
-    out_path: str | Path,
+    out_dir: str | Path,
     bucket: int,
-    schema: pa.Schema,
+    n_buckets: int,
+    recipe: EmbeddingRecipe,
+    dim: int,
     metadata: dict[str, str],
 ) -> None:
-    """One row per (shard, sequence of this bucket that the shard has), sorted by shard."""
-    with parquet_writer(out_path, schema, metadata) as writer:
-        for shard in sorted(shard_unique_paths):
-            wanted = pq.read_table(shard_unique_paths[shard], columns=["seq_hash"], filters=[("bucket", "=", bucket)])
-            rows = pc.index_in(wanted.column(0), value_set=vectors.column("seq_hash"))
-            if rows.null_count:
-                raise InputError(
-                    f"{shard_unique_paths[shard]} lists sequences that bucket {bucket} lacks: the unique tables "
-                    "are out of date (rerun with --forcerun unique_bucket)"
-                )
-            table = vectors.take(rows).select(schema.names[1:])
-            table = pa.table([pa.repeat(shard, table.num_rows).cast(pa.string()), *table.columns], schema=schema)
-            for start in range(0, table.num_rows, _ROW_GROUP_ROWS):
-                writer.write_table(table.slice(start, _ROW_GROUP_ROWS))
+    """bucket.json, and one file per shard of `shard_unique_paths`: its sequences of this bucket."""
+    out_dir = Path(out_dir)
+    schema = bucket_schema(vector_type(dim, recipe.vector_dtype))
+    for shard, unique_path in shard_unique_paths.items():
+        wanted = pq.read_table(unique_path, columns=["seq_hash"], filters=[("bucket", "=", bucket)])
+        rows = pc.index_in(wanted.column(0), value_set=vectors.column("seq_hash"))
+        if rows.null_count:
+            raise InputError(
+                f"{unique_path} lists sequences that bucket {bucket} lacks: the unique tables "
+                "are out of date (rerun with --forcerun unique_bucket)"
+            )
+        write_parquet(vectors.take(rows).select(schema.names).cast(schema), out_dir / f"shard={shard}.parquet", metadata)
+    info = {"bucket": bucket, "buckets": n_buckets, "dim": dim, "recipe": recipe.description()}
+    with atomic_path(out_dir / BUCKET_INFO) as temporary:
+        temporary.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def gather_shard(
-    proteins_path: str | Path, bucket_paths: Iterable[str | Path], shard: str, out_path: str | Path, qc_path: str | Path
+    proteins_path: str | Path,
+    bucket_dirs: Iterable[str | Path],
+    shard: str,
+    out_path: str | Path,
+    qc_path: str | Path,
+    store_root: str | Path,
 ) -> int:
-    """Write the shard's protein vectors in genome order, and its per-genome QC; return the protein count."""
+    """Write the shard's protein vectors in genome order, and its per-genome QC; return the protein count.
+
+    Reads the shard's rows of every bucket folder (and deletes them once the outputs are written), or,
+    where a bucket job wrote none for this shard, the store of the bucket's recipe.
+    """
     proteins = pq.read_table(proteins_path, columns=["genome_id", "contig_index", "protein_index", "seq_hash"])
-    pieces, recipes, schema = [], {}, None
-    for path in bucket_paths:
-        piece = pq.read_table(path, filters=[("shard", "=", shard)])
-        schema = schema or piece.schema
-        if piece.num_rows:
-            pieces.append(piece.select(["seq_hash", "vector", "truncated", "embedded"]))
-            recipes.setdefault(read_metadata(path)[RECIPE_KEY], path)
+    infos = {Path(folder): _bucket_info(folder) for folder in bucket_dirs}
+    recipes = {info["recipe"]["key"]: folder for folder, info in infos.items()}
     if len(recipes) > 1:
         raise InputError(
             f"shard {shard}: bucket outputs of different embedding recipes ({', '.join(f'{k} in {p}' for k, p in recipes.items())}); "
             "a bucket job probably ran without its GPU (dtype auto). Set embeddings.dtype and rerun the buckets."
         )
-    if schema is None:
+    if not infos:
         raise InputError("no bucket outputs to gather from")
-    vectors = pa.concat_tables(pieces) if pieces else schema.empty_table().select(["seq_hash", "vector", "truncated", "embedded"])
+    info = next(iter(infos.values()))
+    buckets = sorted(info_["bucket"] for info_ in infos.values())
+    if buckets != list(range(info["buckets"])):
+        raise InputError(f"shard {shard}: bucket folders {buckets} given, not all {info['buckets']} buckets")
+    schema = bucket_schema(vector_type(info["dim"], info["recipe"]["vector_dtype"]))
+    recipe = EmbeddingRecipe(**{key: info["recipe"][key] for key in EmbeddingRecipe.__dataclass_fields__})
+    pieces = [_shard_rows(folder, bucket_info, shard, proteins, schema, recipe, store_root) for folder, bucket_info in infos.items()]
+    vectors = pa.concat_tables(pieces)
     rows = pc.index_in(proteins.column("seq_hash"), value_set=vectors.column("seq_hash"))
     if rows.null_count:
         first = proteins.filter(pc.is_null(rows)).slice(0, 1).to_pylist()[0]
@@ -299,17 +350,46 @@ def gather_shard(
         )
     picked = vectors.take(rows)
     table = pa.table([*proteins.columns, picked.column("vector")], schema=shard_schema(schema.field("vector").type))
-    metadata = {**provenance("embed_gather", {"shard": shard}, ML_PACKAGES), **_recipe_metadata(next(iter(recipes.values()), None))}
+    metadata = {
+        **provenance("embed_gather", {"shard": shard}, ML_PACKAGES),
+        RECIPE_KEY: recipe.key,
+        RECIPE: json.dumps(info["recipe"], sort_keys=True),
+    }
     write_parquet(table, out_path, metadata)
     write_parquet(_genome_qc(proteins, picked), qc_path, metadata)
+    for folder in infos:
+        (folder / f"shard={shard}.parquet").unlink(missing_ok=True)
     return table.num_rows
 
 
-def _recipe_metadata(bucket_path: str | Path | None) -> dict[str, str]:
-    if bucket_path is None:
-        return {}
-    stored = read_metadata(bucket_path)
-    return {key: stored[key] for key in (RECIPE_KEY, RECIPE)}
+def _bucket_info(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / BUCKET_INFO
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"bucket folder {folder}: no readable {BUCKET_INFO} ({error}); rerun its embed_bucket job") from None
+
+
+def _shard_rows(
+    folder: Path,
+    info: dict[str, Any],
+    shard: str,
+    proteins: pa.Table,
+    schema: pa.Schema,
+    recipe: EmbeddingRecipe,
+    store_root: str | Path,
+) -> pa.Table:
+    """This shard's rows of one bucket: from the bucket folder, or else looked up in the store."""
+    rows = folder / f"shard={shard}.parquet"
+    if rows.exists():
+        return pq.read_table(rows, schema=schema)
+    hashes = pc.unique(proteins.column("seq_hash")).combine_chunks() if proteins.num_rows else pa.array([], pa.string())
+    mine = pa.array([h for h in hashes.to_pylist() if bucket_of(h, info["buckets"]) == info["bucket"]], pa.string())
+    log.info("shard %s: bucket %04d wrote no rows for it; reading the store", shard, info["bucket"])
+    found = EmbeddingStore(store_root, recipe).lookup(mine, info["bucket"], info["buckets"]) if len(mine) else None
+    if found is None:
+        return schema.empty_table()
+    return found.select(["seq_hash", "vector", "truncated"]).append_column("embedded", pa.repeat(False, found.num_rows)).cast(schema)
 
 
 def _genome_qc(proteins: pa.Table, picked: pa.Table) -> pa.Table:
@@ -345,9 +425,12 @@ def _genome_qc(proteins: pa.Table, picked: pa.Table) -> pa.Table:
     )
 
 
-def embedding_qc(shard_qc_paths: Iterable[str | Path], out_path: str | Path) -> int:
-    """Concatenate the shards' per-genome embedding QC; return the number of genomes."""
+def embedding_qc(shard_qc_paths: Iterable[str | Path], out_path: str | Path, vectors_paths: Iterable[str | Path] = ()) -> int:
+    """Concatenate the shards' per-genome embedding QC; return the number of genomes. Other shards' files
+    in the vectors and QC folders are removed (see `remove_stale_shards`)."""
     shard_qc_paths = list(shard_qc_paths)
+    for path in remove_stale_shards([*shard_qc_paths, *vectors_paths]):
+        log.info("removed %s: not a shard of this run's plan", path)
     tables = [pq.read_table(path, schema=QC_SCHEMA) for path in shard_qc_paths]
     qc = pa.concat_tables(tables) if tables else QC_SCHEMA.empty_table()
     recipes = {read_metadata(path).get(RECIPE_KEY) for path in shard_qc_paths} - {None}

@@ -9,6 +9,7 @@ EMBEDDINGS = OUTDIR / "embeddings"
 EMBEDDING_STORE = Path(config["embedding_store"] or EMBEDDINGS)
 TINY_ESM = OUTDIR / "models" / "esm2-tiny"
 EMBEDDING_SHARDS = expand(EMBEDDINGS / "shards" / "shard={shard}.parquet", shard=SHARDS)
+EMBEDDING_SETTINGS = EmbeddingSettings.from_config(ESM).output_params()
 
 
 # (model, revision) for the bucket jobs, worked out once when a bucket job is planned (other targets
@@ -50,7 +51,7 @@ rule embed_bucket:
         # A local model folder is an input: replacing its weights re-runs the bucket jobs.
         model=lambda wildcards: [] if ESM_MODEL()[1] else [ESM_MODEL()[0]],
     output:
-        temp(EMBEDDINGS / "buckets" / "bucket={bucket}.parquet"),
+        directory(EMBEDDINGS / "buckets" / "bucket={bucket}"),
     log:
         OUTDIR / "logs" / "embed_bucket" / "{bucket}.log",
     benchmark:
@@ -64,13 +65,15 @@ rule embed_bucket:
         runtime=lambda wildcards, attempt: ESM["runtime"] * attempt,
     params:
         shards=list(SHARDS),
+        # Which shards get rows: those whose gathered vectors are missing or out of date.
+        gathered=EMBEDDING_SHARDS,
         buckets=config["buckets"],
         model=lambda wildcards: ESM_MODEL()[0],
         revision=lambda wildcards: ESM_MODEL()[1],
         # Not derived from the outputs: a store may be shared by runs (it must be on a shared
         # filesystem for cluster runs, like the results).
         store=lambda wildcards: str(EMBEDDING_STORE),
-        settings=dataclasses.asdict(EmbeddingSettings.from_config(ESM)),
+        settings=EMBEDDING_SETTINGS,
     script:
         "../scripts/embed_bucket.py"
 
@@ -78,9 +81,12 @@ rule embed_bucket:
 rule embed_gather:
     input:
         proteins=OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet",
-        buckets=expand(
-            EMBEDDINGS / "buckets" / "bucket={bucket}.parquet", bucket=BUCKETS
+        # By existence alone: bucket jobs re-run for every new genome, and a gathered shard that is still
+        # current must not re-run with them. A change of model or settings re-runs it through params.
+        buckets=ancient(
+            expand(EMBEDDINGS / "buckets" / "bucket={bucket}", bucket=BUCKETS)
         ),
+        model=lambda wildcards: [] if ESM_MODEL()[1] else [ESM_MODEL()[0]],
     output:
         vectors=EMBEDDINGS / "shards" / "shard={shard}.parquet",
         qc=EMBEDDINGS / "qc" / "shard={shard}.parquet",
@@ -93,13 +99,19 @@ rule embed_gather:
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        model=lambda wildcards: ESM_MODEL(),
+        settings=EMBEDDING_SETTINGS,
+        store=lambda wildcards: str(EMBEDDING_STORE),
     script:
         "../scripts/embed_gather.py"
 
 
 rule embed_qc:
     input:
-        expand(EMBEDDINGS / "qc" / "shard={shard}.parquet", shard=SHARDS),
+        qc=expand(EMBEDDINGS / "qc" / "shard={shard}.parquet", shard=SHARDS),
+        # Not read: listed so that vector shards of another plan are removed (see embedding_qc).
+        vectors=EMBEDDING_SHARDS,
     output:
         OUTDIR / "qc" / "embeddings.parquet",
     log:
@@ -120,4 +132,6 @@ rule embeddings:
     input:
         EMBEDDING_SHARDS,
         OUTDIR / "qc" / "embeddings.parquet",
+        # The QC jobs also clear the protein and vector folders of other plans' shards.
+        OUTDIR / "qc" / "genomes.parquet",
     localrule: True

@@ -2,16 +2,19 @@ from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
 from bacflow.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
+    # checkpoint_sequences comes from the config, not params: it changes no vector, so it must not re-run jobs.
+    checkpoint = snakemake.config["embeddings"]["checkpoint_sequences"]
     counts = embed_bucket(
         snakemake.input.bucket,
         dict(zip(snakemake.params.shards, snakemake.input.shards)),
         snakemake.output[0],
+        gathered_paths=dict(zip(snakemake.params.shards, snakemake.params.gathered)),
         bucket=int(snakemake.wildcards.bucket),
         n_buckets=snakemake.params.buckets,
         model=snakemake.params.model,
         revision=snakemake.params.revision,
         store_root=snakemake.params.store,
-        settings=EmbeddingSettings(**snakemake.params.settings),
+        settings=EmbeddingSettings(**snakemake.params.settings, checkpoint_sequences=checkpoint),
         threads=snakemake.threads,
     )
     log.info("bucket %s: %s", snakemake.wildcards.bucket, counts)

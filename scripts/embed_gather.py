@@ -9,5 +9,6 @@ with logging_to(snakemake.log[0]) as log:
         shard,
         snakemake.output.vectors,
         snakemake.output.qc,
+        store_root=snakemake.params.store,
     )
     log.info("shard %s: %d protein vectors", shard, count)

@@ -2,4 +2,4 @@ from bacflow.embedding_stage import embedding_qc
 from bacflow.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
-    log.info("%d genomes", embedding_qc(snakemake.input, snakemake.output[0]))
+    log.info("%d genomes", embedding_qc(snakemake.input.qc, snakemake.output[0], snakemake.input.vectors))

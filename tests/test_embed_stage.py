@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import EsmTokenizer
 
-from bacflow.embedding_stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard
+from bacflow.embedding_stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard, pending_shards
 from bacflow.errors import InputError
 from bacflow.esm_embed import PROBE_SEQUENCE
 from bacflow.esm_encoder import EsmEncoder
@@ -64,26 +64,33 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
 def run_stage(cohort: dict[str, Path], work: Path, model: Path, store: Path, n_buckets: int, settings=SETTINGS) -> dict:
     """unique -> embed every bucket -> gather every shard -> QC, as the workflow's jobs do."""
     unique = {shard: work / f"unique-{shard}.parquet" for shard in cohort}
+    gathered = {shard: work / f"shard-{shard}.parquet" for shard in cohort}
     for shard, proteins in cohort.items():
         shard_unique(proteins, unique[shard], n_buckets)
-    counts, bucket_outputs = [], []
+    counts, bucket_dirs = [], []
     for bucket in range(n_buckets):
         gather_bucket(unique.values(), bucket, work / f"bucket-{bucket}.parquet")
-        bucket_outputs.append(work / f"vectors-{bucket}.parquet")
+        bucket_dirs.append(work / f"vectors-{bucket}")
         counts.append(
             embed_bucket(
-                work / f"bucket-{bucket}.parquet", unique, bucket_outputs[-1], bucket=bucket, n_buckets=n_buckets,
-                model=str(model), revision=None, store_root=store, settings=settings,
+                work / f"bucket-{bucket}.parquet", unique, bucket_dirs[-1], gathered_paths=gathered, bucket=bucket,
+                n_buckets=n_buckets, model=str(model), revision=None, store_root=store, settings=settings,
             )
         )  # fmt: skip
     for shard, proteins in cohort.items():
-        gather_shard(proteins, bucket_outputs, shard, work / f"shard-{shard}.parquet", work / f"qc-{shard}.parquet")
+        gather_shard(proteins, bucket_dirs, shard, gathered[shard], work / f"qc-{shard}.parquet", store_root=store)
     embedding_qc([work / f"qc-{shard}.parquet" for shard in cohort], work / "qc.parquet")
     return {
         "counts": counts,
-        "shards": {shard: pq.read_table(work / f"shard-{shard}.parquet") for shard in cohort},
+        "shards": {shard: pq.read_table(gathered[shard]) for shard in cohort},
         "qc": pq.read_table(work / "qc.parquet").to_pandas().set_index("genome_id"),
     }
+
+
+def read_bucket_folder(folder: Path) -> pa.Table:
+    """A bucket folder's rows of every shard, sorted by shard and seq_hash."""
+    tables = [pq.read_table(path).append_column("shard", pa.repeat(path.stem, pq.read_metadata(path).num_rows)) for path in sorted(folder.glob("shard=*.parquet"))]
+    return pa.concat_tables(tables).sort_by([("shard", "ascending"), ("seq_hash", "ascending")])
 
 
 @pytest.fixture
@@ -166,15 +173,15 @@ def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, ti
     settings = replace(SETTINGS, checkpoint_sequences=25)
 
     def job(name: str) -> dict:
-        return embed_bucket(tmp_path / "bucket-0.parquet", unique, tmp_path / f"{name}.parquet", bucket=0, n_buckets=1,
-                            model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=settings)  # fmt: skip
+        return embed_bucket(tmp_path / "bucket-0.parquet", unique, tmp_path / name, gathered_paths={shard: tmp_path / "none" for shard in unique},
+                            bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=settings)  # fmt: skip
 
     with ThreadPoolExecutor(2) as pool:
         counts = list(pool.map(job, ["a", "b"]))
     store = pq.read_table(tmp_path / "store" / counts[0]["recipe"] / "parts")
     assert set(store.column("seq_hash").to_pylist()) == set(pq.read_table(tmp_path / "bucket-0.parquet").column("seq_hash").to_pylist())
     assert store.num_rows >= total and not list((tmp_path / "store").glob("**/.*.tmp"))
-    a, b = (pq.read_table(tmp_path / f"{name}.parquet").sort_by([("shard", "ascending"), ("seq_hash", "ascending")]) for name in "ab")
+    a, b = (read_bucket_folder(tmp_path / name) for name in "ab")
     assert a.column("seq_hash").equals(b.column("seq_hash"))
     assert np.abs(np.stack(a.column("vector").to_numpy(zero_copy_only=False)) - np.stack(b.column("vector").to_numpy(zero_copy_only=False))).max() <= 1e-5
 
@@ -189,8 +196,8 @@ def slow(self, *args):
 EsmEncoder.__call__ = slow
 from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
 args = json.loads(sys.argv[1])
-embed_bucket(args["bucket"], args["unique"], args["out"], bucket=0, n_buckets=1, model=args["model"], revision=None,
-             store_root=args["store"], settings=EmbeddingSettings(**args["settings"]))
+embed_bucket(args["bucket"], args["unique"], args["out"], gathered_paths={shard: "none" for shard in args["unique"]}, bucket=0,
+             n_buckets=1, model=args["model"], revision=None, store_root=args["store"], settings=EmbeddingSettings(**args["settings"]))
 """
 
 
@@ -200,7 +207,8 @@ def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohor
         shard_unique(proteins, unique[shard], 1)
     bucket = tmp_path / "bucket-0.parquet"
     total = gather_bucket(unique.values(), 0, bucket)
-    store, out = tmp_path / "store", tmp_path / "vectors-0.parquet"
+    store, out = tmp_path / "store", tmp_path / "vectors-0"
+    nowhere = {shard: tmp_path / "none" for shard in unique}
     settings = replace(SETTINGS, cpu_token_budget=1000, checkpoint_sequences=10)
     arguments = {"bucket": str(bucket), "unique": {k: str(v) for k, v in unique.items()}, "out": str(out),
                  "model": str(tiny_esm), "store": str(store), "settings": asdict(settings)}  # fmt: skip
@@ -215,15 +223,14 @@ def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohor
     stored_before = sum(pq.read_metadata(path).num_rows for path in kept)
     assert 0 < stored_before < total
 
-    counts = embed_bucket(bucket, unique, out, bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=store, settings=settings)
+    counts = embed_bucket(bucket, unique, out, gathered_paths=nowhere, bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=store, settings=settings)
     assert counts["reused"] >= stored_before and counts["embedded"] == total - counts["reused"]
     parts = pq.read_table(store / counts["recipe"] / "parts")
     assert parts.num_rows == total and len(set(parts.column("seq_hash").to_pylist())) == total
 
     clean = tmp_path / "clean"
-    embed_bucket(bucket, unique, clean / "vectors.parquet", bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=clean, settings=settings)
-    resumed = pq.read_table(out).sort_by([("shard", "ascending"), ("seq_hash", "ascending")])
-    fresh = pq.read_table(clean / "vectors.parquet").sort_by([("shard", "ascending"), ("seq_hash", "ascending")])
+    embed_bucket(bucket, unique, clean / "vectors", gathered_paths=nowhere, bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=clean, settings=settings)
+    resumed, fresh = read_bucket_folder(out), read_bucket_folder(clean / "vectors")
     assert resumed.column("seq_hash").equals(fresh.column("seq_hash"))
     difference = np.stack(resumed.column("vector").to_numpy(zero_copy_only=False)) - np.stack(fresh.column("vector").to_numpy(zero_copy_only=False))
     assert np.abs(difference).max() <= 1e-5
@@ -232,21 +239,21 @@ def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohor
 def test_an_empty_bucket_loads_no_model(tiny_esm: Path, tmp_path: Path, model_inputs):
     empty = tmp_path / "bucket-0.parquet"
     pq.write_table(pa.table({"seq_hash": pa.array([], pa.string()), "sequence": pa.array([], pa.string())}), empty)
-    counts = embed_bucket(empty, {}, tmp_path / "out.parquet", bucket=0, n_buckets=4, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
+    counts = embed_bucket(empty, {}, tmp_path / "out", gathered_paths={}, bucket=0, n_buckets=4, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
     assert counts["sequences"] == 0 and counts["model_calls"] == 0 and model_inputs == []
-    assert pq.read_table(tmp_path / "out.parquet").num_rows == 0
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["bucket.json"]
 
 
 def test_bad_bucket_files_are_named(tiny_esm: Path, tmp_path: Path):
     def run(table: pa.Table, n_buckets: int = 4):
         pq.write_table(table, tmp_path / "bucket.parquet")
-        embed_bucket(tmp_path / "bucket.parquet", {}, tmp_path / "out.parquet", bucket=0, n_buckets=n_buckets, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
+        embed_bucket(tmp_path / "bucket.parquet", {}, tmp_path / "out", gathered_paths={}, bucket=0, n_buckets=n_buckets, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
 
     with pytest.raises(InputError, match="bucket.parquet.*lacks seq_hash/sequence"):
         run(pa.table({"seq_hash": [seq_hash("MKV")]}))
     (tmp_path / "bucket.parquet").write_bytes(b"")  # e.g. a file cut short by a full disk
     with pytest.raises(InputError, match="bucket file .*bucket.parquet: unreadable"):
-        embed_bucket(tmp_path / "bucket.parquet", {}, tmp_path / "out.parquet", bucket=0, n_buckets=4, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
+        embed_bucket(tmp_path / "bucket.parquet", {}, tmp_path / "out", gathered_paths={}, bucket=0, n_buckets=4, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)
     wrong = next(s for s in ("MKV", "MKVL", "MKVLA", "MKVLAW") if int(seq_hash(s)[:8], 16) % 4 != 0)
     with pytest.raises(InputError, match="row 0.*belongs to bucket .* of 4, not 0"):
         run(pa.table({"seq_hash": [seq_hash(wrong)], "sequence": [wrong]}))
@@ -254,12 +261,36 @@ def test_bad_bucket_files_are_named(tiny_esm: Path, tmp_path: Path):
         run(pa.table({"seq_hash": [seq_hash("")], "sequence": [""]}), n_buckets=1)
 
 
-def test_gather_refuses_missing_vectors_and_mixed_recipes(cohort, tiny_esm: Path, tmp_path: Path):
+def test_gather_refuses_missing_buckets_and_mixed_recipes(cohort, tiny_esm: Path, tmp_path: Path):
     run_stage(cohort, tmp_path, tiny_esm, tmp_path / "store", n_buckets=2)
-    vectors = [tmp_path / "vectors-0.parquet", tmp_path / "vectors-1.parquet"]
-    with pytest.raises(InputError, match="no vector for .* proteins"):
-        gather_shard(cohort["00000"], vectors[:1], "00000", tmp_path / "s.parquet", tmp_path / "q.parquet")
+    folders = [tmp_path / "vectors-0", tmp_path / "vectors-1"]
+    gather = {"shard": "00000", "out_path": tmp_path / "s.parquet", "qc_path": tmp_path / "q.parquet", "store_root": tmp_path / "store"}
+    with pytest.raises(InputError, match=r"bucket folders \[0\] given, not all 2 buckets"):
+        gather_shard(cohort["00000"], folders[:1], **gather)
     other = tmp_path / "other"
     run_stage(cohort, other, tiny_esm, other / "store", 2, replace(SETTINGS, pooling="mean_residues"))
     with pytest.raises(InputError, match="different embedding recipes"):
-        gather_shard(cohort["00000"], [vectors[0], other / "vectors-1.parquet"], "00000", tmp_path / "s.parquet", tmp_path / "q.parquet")
+        gather_shard(cohort["00000"], [folders[0], other / "vectors-1"], **gather)
+    (folders[1] / "bucket.json").unlink()
+    with pytest.raises(InputError, match="vectors-1: no readable bucket.json"):
+        gather_shard(cohort["00000"], folders, **gather)
+
+
+def test_bucket_jobs_write_rows_only_for_shards_to_gather_and_gathers_read_the_store_without_them(cohort, tiny_esm: Path, tmp_path: Path):
+    """After a run, a bucket job writes no rows for shards whose gathered vectors are current; a shard
+    gathered again (for its own reasons) reads the store instead, with the same vectors."""
+    first = run_stage(cohort, tmp_path, tiny_esm, tmp_path / "store", n_buckets=2)
+    unique = {shard: tmp_path / f"unique-{shard}.parquet" for shard in cohort}
+    gathered = {shard: tmp_path / f"shard-{shard}.parquet" for shard in cohort}
+    assert not list(tmp_path.glob("vectors-*/shard=*"))  # the gathers deleted the rows they read
+    assert pending_shards(unique, gathered, first["counts"][0]["recipe"]) == []
+    assert pending_shards(unique, gathered, "another-recipe") == sorted(cohort)
+    os.utime(unique["00001"], (time.time() + 5, time.time() + 5))  # the shard's proteins changed
+    counts = embed_bucket(tmp_path / "bucket-0.parquet", unique, tmp_path / "again", gathered_paths=gathered, bucket=0, n_buckets=2,
+                          model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)  # fmt: skip
+    assert counts["embedded"] == 0 and counts["shards"] == 1
+    assert [path.name for path in sorted((tmp_path / "again").glob("shard=*"))] == ["shard=00001.parquet"]
+
+    again = tmp_path / "again-00000.parquet"
+    gather_shard(cohort["00000"], [tmp_path / "vectors-0", tmp_path / "vectors-1"], "00000", again, tmp_path / "q.parquet", store_root=tmp_path / "store")
+    assert pq.read_table(again).equals(first["shards"]["00000"])
