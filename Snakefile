@@ -31,3 +31,8 @@ rule all:
 
 onsuccess:
     print_quarantine_summary()
+
+
+# On failure too: a run that stopped after some genomes were quarantined still names them.
+onerror:
+    print_quarantine_summary()

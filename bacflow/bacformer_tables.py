@@ -7,6 +7,7 @@ report, need no PyTorch.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,7 +17,9 @@ import pyarrow.parquet as pq
 from bacflow.embedding_store import vector_type
 from bacflow.errors import InputError
 from bacflow.provenance import provenance
-from bacflow.tables import parquet_writer, read_metadata
+from bacflow.tables import parquet_writer, read_metadata, remove_stale_shards
+
+log = logging.getLogger("bacflow")
 
 #: Metadata keys: the model that made a table (JSON), and the ESM-2 recipe of its input vectors.
 MODEL_KEY = "bacflow.bacformer_model"
@@ -55,13 +58,16 @@ def genome_schema(dim: int) -> pa.Schema:
     )
 
 
-def gather_genomes(shard_paths: Sequence[str | Path], out_path: str | Path) -> int:
+def gather_genomes(shard_paths: Sequence[str | Path], out_path: str | Path, protein_paths: Sequence[str | Path] = ()) -> int:
     """Stream the shards' genome rows into one table, a shard at a time; return the genome count.
 
-    Refuses shards made by different models or from different ESM-2 recipes.
+    Refuses shards made by different models or from different ESM-2 recipes. Other shards' files in the
+    genome-shard and protein folders are removed (see `remove_stale_shards`).
     """
     if not shard_paths:
         raise InputError("no genome shards to gather")
+    for path in remove_stale_shards([*shard_paths, *protein_paths]):
+        log.info("removed %s: not a shard of this run's plan", path)
     identities = {}
     for path in shard_paths:
         stored = read_metadata(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,9 +13,11 @@ from bacflow.errors import InputError
 from bacflow.proteins import QC_SCHEMA, AnnotationParams, annotate_shard
 from bacflow.provenance import provenance
 from bacflow.samples import Sample
-from bacflow.tables import write_parquet
+from bacflow.tables import atomic_path, remove_stale_shards, write_parquet
 
 log = logging.getLogger("bacflow")
+#: Genomes named per quarantine reason in the summary printed at the end of a run (the rest are counted).
+_NAMED_GENOMES = 10
 
 
 def proteins_shard(
@@ -46,21 +47,39 @@ def proteins_shard(
     log.info("shard %s: %d proteins, %d quarantined", shard, proteins.num_rows, len(quarantined))
 
 
-def gather_qc(shard_qc_paths: Iterable[str | Path], genomes_path: str | Path, summary_path: str | Path) -> str:
-    """Concatenate the shards' QC rows into one table and write a plain-text summary; return the summary."""
+def gather_qc(
+    shard_qc_paths: Iterable[str | Path],
+    genomes_path: str | Path,
+    summary_path: str | Path,
+    proteins_paths: Iterable[str | Path] = (),
+) -> str:
+    """Concatenate the shards' QC rows into one table and write a plain-text summary; return the summary.
+
+    The shards given are the plan's: other shards' files in the proteins and QC folders are removed (see
+    `remove_stale_shards`), so that those folders read as datasets hold this cohort only.
+    """
+    shard_qc_paths = list(shard_qc_paths)
+    for path in remove_stale_shards([*shard_qc_paths, *proteins_paths]):
+        log.info("removed %s: not a shard of this run's plan", path)
     tables = [pq.read_table(path, schema=QC_SCHEMA) for path in shard_qc_paths]
     qc = pa.concat_tables(tables) if tables else QC_SCHEMA.empty_table()
     write_parquet(qc, genomes_path, provenance("qc", {"shards": len(tables)}))
-    reasons = Counter(_reason_kind(reason) for reason in qc.column("quarantine_reason").to_pylist() if reason)
+    quarantined: dict[str, list[str]] = {}
+    for genome_id, reason in zip(qc.column("genome_id").to_pylist(), qc.column("quarantine_reason").to_pylist()):
+        if reason:
+            quarantined.setdefault(_reason_kind(reason), []).append(genome_id)
     lines = [
         f"bacflow proteins: {qc.num_rows} genomes, {sum(qc.column('proteins').to_pylist())} proteins, "
-        f"{sum(reasons.values())} quarantined"
+        f"{sum(map(len, quarantined.values()))} quarantined"
     ]
-    lines += [f"  {count} x {reason}" for reason, count in reasons.most_common()]
-    if reasons:
+    for reason, genomes in sorted(quarantined.items(), key=lambda item: -len(item[1])):
+        named = ", ".join(genomes[:_NAMED_GENOMES]) + (f" and {len(genomes) - _NAMED_GENOMES} more" if len(genomes) > _NAMED_GENOMES else "")
+        lines.append(f"  {len(genomes)} x {reason}: {named}")
+    if quarantined:
         lines.append(f"  (details: quarantine_reason in {genomes_path})")
     summary = "\n".join(lines) + "\n"
-    Path(summary_path).write_text(summary)
+    with atomic_path(summary_path) as temporary:
+        temporary.write_text(summary)
     return summary
 
 

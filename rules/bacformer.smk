@@ -51,7 +51,14 @@ rule bacformer_shard:
 
 rule bacformer_genomes:
     input:
-        expand(BACFORMER_DIR / "genome_shards" / "shard={shard}.parquet", shard=SHARDS),
+        genomes=expand(
+            BACFORMER_DIR / "genome_shards" / "shard={shard}.parquet", shard=SHARDS
+        ),
+        # Not read: listed so that protein shards of another plan are removed (see gather_genomes).
+        proteins=expand(
+            BACFORMER_DIR / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=SHARDS,
+        ),
     output:
         BACFORMER_DIR / "genomes.parquet",
     log:
@@ -75,4 +82,7 @@ rule bacformer:
             shard=SHARDS,
         ),
         BACFORMER_DIR / "genomes.parquet",
+        # The QC jobs also clear the protein and vector folders of other plans' shards.
+        OUTDIR / "qc" / "genomes.parquet",
+        OUTDIR / "qc" / "embeddings.parquet",
     localrule: True

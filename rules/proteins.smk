@@ -23,7 +23,11 @@ rule proteins_shard:
 
 rule qc_genomes:
     input:
-        expand(OUTDIR / "qc" / "shards" / "shard={shard}.parquet", shard=SHARDS),
+        qc=expand(OUTDIR / "qc" / "shards" / "shard={shard}.parquet", shard=SHARDS),
+        # Not read: listed so that protein shards of another plan are removed (see gather_qc).
+        proteins=expand(
+            OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet", shard=SHARDS
+        ),
     output:
         genomes=OUTDIR / "qc" / "genomes.parquet",
         summary=OUTDIR / "qc" / "summary.txt",

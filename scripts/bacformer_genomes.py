@@ -2,5 +2,5 @@ from bacflow.bacformer_tables import gather_genomes
 from bacflow.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
-    count = gather_genomes(list(snakemake.input), snakemake.output[0])
+    count = gather_genomes(snakemake.input.genomes, snakemake.output[0], snakemake.input.proteins)
     log.info("%d genomes in %s", count, snakemake.output[0])
