@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -39,7 +40,7 @@ from bacflow.errors import InputError
 from bacflow.esm_model import choose_device, load_esm, resolve_model
 from bacflow.esm_recipe import EmbeddingRecipe
 from bacflow.provenance import CORE_PACKAGES, provenance
-from bacflow.tables import atomic_path, read_metadata, remove_stale_shards, write_parquet
+from bacflow.tables import atomic_path, leftovers, read_metadata, remove_stale_shards, write_parquet
 from bacflow.unique import bucket_of
 
 if TYPE_CHECKING:
@@ -293,8 +294,25 @@ def _write_bucket_folder(
     dim: int,
     metadata: dict[str, str],
 ) -> None:
-    """bucket.json, and one file per shard of `shard_unique_paths`: its sequences of this bucket."""
-    out_dir = Path(out_dir)
+    """bucket.json, and one file per shard of `shard_unique_paths`: its sequences of this bucket. The folder
+    appears whole or not at all."""
+    for left in leftovers(out_dir):  # of a killed job for this bucket: its rows may be large
+        shutil.rmtree(left, ignore_errors=True)
+    with atomic_path(out_dir) as folder:
+        folder.mkdir()
+        _fill_bucket_folder(vectors, shard_unique_paths, folder, bucket, n_buckets, recipe, dim, metadata)
+
+
+def _fill_bucket_folder(
+    vectors: pa.Table,
+    shard_unique_paths: Mapping[str, str | Path],
+    out_dir: Path,
+    bucket: int,
+    n_buckets: int,
+    recipe: EmbeddingRecipe,
+    dim: int,
+    metadata: dict[str, str],
+) -> None:
     schema = bucket_schema(vector_type(dim, recipe.vector_dtype))
     for shard, unique_path in shard_unique_paths.items():
         wanted = pq.read_table(unique_path, columns=["seq_hash"], filters=[("bucket", "=", bucket)])

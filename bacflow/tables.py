@@ -18,18 +18,30 @@ import pyarrow.parquet as pq
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path in `path`'s folder that becomes `path` when the block ends without error.
 
-    A crash or kill therefore never leaves a partial file under the final name. The temporary name is
-    unique per writer (not from `mkstemp`, whose files are private to the user: outputs keep the umask).
+    A crash or kill therefore never leaves a partial file or folder under the final name (a folder that
+    is already there is replaced). The temporary name is unique per writer (not from `mkstemp`, whose
+    files are private to the user: outputs keep the umask); `leftovers` finds those of killed writers.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         yield temporary
+        if temporary.is_dir() and path.is_dir():
+            shutil.rmtree(path)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
         raise
+
+
+def leftovers(path: str | Path) -> list[Path]:
+    """The temporary files or folders that killed writers of `path` (through `atomic_path`) left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def write_parquet(

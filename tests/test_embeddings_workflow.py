@@ -78,7 +78,7 @@ def test_embeddings_end_to_end(workdir: Path, first_run: Path):
 
     for log in ("embed_bucket/0000", "embed_bucket/0001", "embed_gather/00000", "embed_qc"):
         assert (first_run / "logs" / f"{log}.log").exists() and (first_run / "benchmarks" / f"{log}.tsv").exists()
-    assert not list((first_run / "embeddings/buckets").glob("*.parquet"))  # temporary, gathered
+    assert not list((first_run / "embeddings/buckets").glob("*/shard=*"))  # rows deleted once gathered
     assert "Nothing to be done" in snakemake(workdir, "--dry-run", *run_args(workdir, "first")).stdout
 
 
