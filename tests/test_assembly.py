@@ -295,7 +295,8 @@ def only_protein(fasta: Path, gff: Path, genetic_code: int) -> str:
 def biopython_translation(fasta: Path, location: str, genetic_code: int) -> str:
     """Biopython's translation of a complete CDS at an INSDC `location` such as complement(join(...))."""
     contig = Seq(read_assembly(fasta).contigs[0].sequence)
-    return str(Location.fromstring(location, length=len(contig)).extract(contig).translate(table=genetic_code, cds=True))
+    nucleotides = Location.fromstring(location, length=len(contig)).extract(contig)
+    return str(nucleotides.translate(table=genetic_code, cds=True))
 
 
 # M. genitalium's gene complement(14395..15216) (called by pyrodigal with code 4, 273 aa) cut in two rows at
