@@ -251,11 +251,15 @@ def _parse_gff3(text: str, path: Path, contigs: list[Contig] | None, genetic_cod
     cds = []
     for key, parts in segments.items():
         contig_index, _, _, strand, _, attributes = parts[0]
+        # Parts in 5' to 3' order, so that parts[0] holds the phase. On the minus strand that is from the
+        # highest coordinate down, and each part is reverse-complemented on its own: reverse-complementing
+        # the joined parts would undo that order.
         parts.sort(key=lambda part: part[1], reverse=strand < 0)
         sequence = contigs[contig_index].sequence
-        nucleotides = "".join(sequence[start - 1 : end] for _, start, end, *_ in parts)
+        pieces = [sequence[start - 1 : end] for _, start, end, *_ in parts]
         if strand < 0:
-            nucleotides = str(Seq(nucleotides).reverse_complement())
+            pieces = [str(Seq(piece).reverse_complement()) for piece in pieces]
+        nucleotides = "".join(pieces)
         partial = attributes.get("partial", "").lower()
         partial_begin = partial in ("true", "10", "11") or "start_range" in attributes
         partial_end = partial in ("true", "01", "11") or "end_range" in attributes

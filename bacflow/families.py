@@ -48,6 +48,7 @@ from bacflow import mmseqs
 from bacflow.errors import InputError
 from bacflow.provenance import canonical_json, provenance
 from bacflow.scratch import scratch_dir
+from bacflow.seqhash import PROTEIN_LETTERS, protein_problem
 from bacflow.tables import write_parquet
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,7 @@ TIE_BREAK = "family_size descending, then representative seq_hash ascending"
 # e.g. cov_mode 1 (the member must be covered) becomes 2 (the query must be covered).
 SEARCH_COV_MODE = {0: 0, 1: 2, 2: 1, 3: 4, 4: 3, 5: 5}
 
-# IUPAC amino-acid codes; MMseqs2 reads B, J, O, U and Z as X. NCBI translations do hold X and U.
-_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWYBJOUXZ"
-_PROTEIN_PATTERN = f"^[{_AMINO_ACIDS}]+$"
+_PROTEIN_PATTERN = f"^[{PROTEIN_LETTERS}]+$"
 _HASH_PATTERN = "^[0-9a-f]{32}$"
 _HASH_BYTES = 32
 # Rows held in memory while merging the buckets, over all buckets together (~100 MB of sequences).
@@ -230,23 +229,12 @@ def _check_batch(batch: pa.RecordBatch, path: Path, previous_hash: str | None) -
     if not pc.all(good_sequences).as_py():
         row = pc.index(good_sequences, False).as_py()
         raise InputError(
-            f"{path}, seq_hash {hashes[row].as_py()}: {_sequence_problem(sequences[row].as_py())}; bucket "
-            "tables hold normalised protein sequences (upper-case IUPAC amino-acid codes, X allowed, no '*')"
+            f"{path}, seq_hash {hashes[row].as_py()}: {protein_problem(sequences[row].as_py() or '')}; bucket "
+            f"tables hold normalised protein sequences ({PROTEIN_LETTERS} only)"
         )
     first = hashes[0].as_py()
     if (previous_hash is not None and first <= previous_hash) or not _strictly_increasing(hashes):
         raise InputError(f"{path}: not sorted by seq_hash, or a seq_hash occurs twice")
-
-
-def _sequence_problem(sequence: str | None) -> str:
-    if not sequence:
-        return "the sequence is empty"
-    if "*" in sequence:
-        return f"the sequence has a stop '*' at position {sequence.index('*') + 1}"
-    position, letter = next((i, c) for i, c in enumerate(sequence, 1) if c not in _AMINO_ACIDS)
-    if letter.islower():
-        return f"the sequence is not upper case ({letter!r} at position {position})"
-    return f"the sequence has {letter!r} at position {position}, which is not an amino-acid code"
 
 
 def _sequences_of(bucket_paths: Iterable[str | Path], wanted: pa.Array) -> pa.Table:

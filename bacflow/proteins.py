@@ -5,22 +5,28 @@ A genome's proteins come either from pyrodigal (``annotation: call``) or from th
 ``annotation: auto`` uses the file's CDS when it has any and calls genes otherwise. Proteins are in
 genome order: contig order as in the file, then start coordinate. A genome that cannot be processed is
 *quarantined*: it gets a QC row with the reason and no proteins, and the rest of its shard goes on.
+A protein whose sequence holds anything but `PROTEIN_LETTERS` (a GenBank ``/translation`` with an inner
+``*`` or a ``#``) is dropped instead, counted in QC and named in a warning: the rest of the genome is
+usable, and no cohort-wide job (families, embeddings) meets such a sequence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
 
-from bacflow.assembly import Assembly, read_assembly
+from bacflow.assembly import Assembly, Contig, read_assembly
 from bacflow.errors import InputError
 from bacflow.genecall import WEAK_TRAINING_BASES, GeneCallingParams, call_genes, choose_mode
 from bacflow.samples import Sample
-from bacflow.seqhash import normalise_protein, seq_hash
+from bacflow.seqhash import PROTEIN_LETTERS, normalise_protein, protein_problem, seq_hash
+
+log = logging.getLogger("bacflow")
 
 #: ESM-2 sees at most this many residues (1,024 tokens with BOS and EOS).
 ESM_MAX_RESIDUES = 1022
@@ -71,6 +77,7 @@ QC_SCHEMA = pa.schema(
         ("cds_without_translation", pa.int32()),
         ("warnings", pa.list_(pa.string())),
         ("quarantine_reason", pa.string()),
+        ("bad_translations_dropped", pa.int32()),
     ]
 )
 
@@ -146,6 +153,7 @@ def _fill_proteins(
         # A FASTA given with a 'gff' column keeps format "fasta", yet its CDS come from the GFF3.
         qc.update(source="genbank" if assembly.format == "genbank" else "gff3", mode="file")
         rows = _file_proteins(assembly, qc)
+        origin = sample.gff or sample.path
     else:
         mode = choose_mode(assembly.bases, sample.kind, params.gene_calling)
         qc.update(source="pyrodigal", mode=mode)
@@ -161,7 +169,9 @@ def _fill_proteins(
             (g.contig_index, g.begin, g.end, g.strand, g.partial_begin, g.partial_end, None, g.protein)
             for g in genes
         ]
+        origin = sample.path
     contigs = assembly.contigs
+    rows = _drop_bad_translations(rows, qc, contigs, origin)
     rank_on_contig: dict[int, int] = {}
     for protein_index, row in enumerate(rows):
         contig_index, start, end, strand, partial_begin, partial_end, protein_id, protein = row
@@ -201,6 +211,35 @@ def _file_proteins(assembly: Assembly, qc: dict[str, Any]) -> list[tuple]:
     qc.update(pseudogenes_dropped=pseudo, cds_without_translation=missing)
     rows.sort(key=lambda row: (row[0], row[1], row[2], row[3]))
     return rows
+
+
+#: Dropped proteins named in a genome's warning; the count covers them all.
+_NAMED_DROPS = 5
+
+
+def _drop_bad_translations(rows: list[tuple], qc: dict[str, Any], contigs: list[Contig], origin: str) -> list[tuple]:
+    """The rows whose protein is made of `PROTEIN_LETTERS`; the others are counted in QC and named in one
+    warning: `origin` (the file the proteins came from), record, protein id or coordinates, first fault."""
+    kept, dropped = [], []
+    for row in rows:
+        contig_index, start, end, _, _, _, protein_id, protein = row
+        problem = protein_problem(normalise_protein(protein))
+        if problem is None:
+            kept.append(row)
+        else:
+            name = protein_id or f"{start}..{end}"
+            dropped.append(f"record '{contigs[contig_index].id}' protein '{name}': {problem}")
+    qc["bad_translations_dropped"] = len(dropped)
+    if dropped:
+        more = len(dropped) - _NAMED_DROPS
+        warning = (
+            f"{origin}: dropped {len(dropped)} protein(s) not made of the protein letters {PROTEIN_LETTERS}: "
+            + "; ".join(dropped[:_NAMED_DROPS])
+            + (f"; and {more} more" if more > 0 else "")
+        )
+        qc["warnings"].append(warning)
+        log.warning("%s", warning)
+    return kept
 
 
 def annotate_shard(

@@ -4,11 +4,15 @@ GenBank with an edited record, GFF3 with and without ##FASTA) into ordered prote
 
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from Bio import SeqIO
+from Bio.Seq import Seq
+from Bio.SeqFeature import Location
 
 from bacflow.assembly import read_assembly
 from bacflow.genecall import GeneCallingParams, call_genes
@@ -266,3 +270,74 @@ def test_same_genome_twice_gives_identical_tables():
     for tables in (again, threaded):
         assert tables[0].equals(first[0]) and tables[1].equals(first[1])
     assert first[0].num_rows == sum(first[1].column("proteins").to_pylist()) > 900
+
+
+# GFF3 CDS given as several rows sharing one ID (a programmed frameshift, a CDS across the origin): the
+# rows form one CDS. On the minus strand its 5' end is the highest coordinate, so the rows are read from
+# there down, each on the reverse strand.
+
+MGENITALIUM = SHARED_DATA / "genomes" / "Mgenitalium_G37_L43967.2.fna.gz"  # genetic code 4 (SOURCES.md)
+
+
+def write_cds_gff(path: Path, contig_id: str, rows: list[tuple[int, int, int]], attributes: str) -> Path:
+    """A GFF3 without ##FASTA whose minus-strand CDS rows (start, end, phase) all carry `attributes`."""
+    lines = [f"{contig_id}\ttest\tCDS\t{start}\t{end}\t.\t-\t{phase}\t{attributes}" for start, end, phase in rows]
+    path.write_text("##gff-version 3\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def only_protein(fasta: Path, gff: Path, genetic_code: int) -> str:
+    result = annotate_genome(make_sample(fasta, gff=gff, genetic_code=genetic_code), AnnotationParams())
+    assert result.qc["quarantine_reason"] is None and result.qc["proteins"] == 1, result.qc
+    return result.columns["sequence"][0]
+
+
+def biopython_translation(fasta: Path, location: str, genetic_code: int) -> str:
+    """Biopython's translation of a complete CDS at an INSDC `location` such as complement(join(...))."""
+    contig = Seq(read_assembly(fasta).contigs[0].sequence)
+    nucleotides = Location.fromstring(location, length=len(contig)).extract(contig)
+    return str(nucleotides.translate(table=genetic_code, cds=True))
+
+
+# M. genitalium's gene complement(14395..15216) (called by pyrodigal with code 4, 273 aa) cut in two rows at
+# 14838|14839 as in the issue's report; with one end cut off for the partial variants. Each variant:
+# one row (start, end, phase), the two rows, the GFF attributes, and the expected protein from the whole
+# gene's translation `full`: a 5'-partial CDS (high end on this strand) loses its first residue (one
+# base cut, phase 2) and keeps it as translated (no start codon -> M); a 3'-partial one (four bases cut
+# at the low end: the stop and one base) loses its last residue.
+SPLIT_MINUS_CDS = {
+    "complete": ((14395, 15216, 0), [(14395, 14838, 0), (14839, 15216, 0)], "ID=x", slice(None)),
+    "5prime_partial": ((14395, 15215, 2), [(14395, 14838, 0), (14839, 15215, 2)], "ID=x;partial=01", slice(1, None)),
+    "3prime_partial": ((14399, 15216, 0), [(14399, 14838, 0), (14839, 15216, 0)], "ID=x;partial=10", slice(None, -1)),
+}
+
+
+@pytest.mark.parametrize("rows_in_file", ["ascending", "descending"])
+@pytest.mark.parametrize("variant", SPLIT_MINUS_CDS)
+def test_split_minus_strand_cds_translates_as_one_row(tmp_path: Path, variant: str, rows_in_file: str):
+    one_row, two_rows, attributes, kept = SPLIT_MINUS_CDS[variant]
+    two_rows = sorted(two_rows, reverse=rows_in_file == "descending")
+    full = biopython_translation(MGENITALIUM, "complement(join(14395..14838,14839..15216))", 4)
+    assert len(full) == 273 and full.startswith("M")
+    single = only_protein(MGENITALIUM, write_cds_gff(tmp_path / "one.gff", "L43967.2", [one_row], attributes), 4)
+    split = only_protein(MGENITALIUM, write_cds_gff(tmp_path / "two.gff", "L43967.2", two_rows, attributes), 4)
+    assert single == full[kept]
+    assert split == single
+
+
+def test_ncbi_frameshifted_minus_strand_cds_from_gff_is_its_genbank_translation(tmp_path: Path):
+    """C. trachomatis 114V1's prfB (WP_100059501.1) is complement(join(345014..346058,346057..346121)), a
+    programmed -1 frameshift. As GFF3 rows beside the FASTA, as NCBI writes such a CDS, it must translate to
+    the GenBank file's /translation."""
+    location = "complement(join(345014..346058,346057..346121))"
+    gbff = gunzip_text(CT_114V1_GBFF)
+    assert f"     CDS             {location}\n" in gbff
+    record = next(record for record in SeqIO.parse(io.StringIO(gbff), "genbank") if record.id == "NZ_JPNH01000003.1")
+    (feature,) = [feature for feature in record.features if feature.qualifiers.get("protein_id") == ["WP_100059501.1"]]
+    translation = feature.qualifiers["translation"][0]
+    assert str(feature.location.extract(record.seq).translate(table=11, cds=True)) == translation
+    attributes = "ID=cds-WP_100059501.1;protein_id=WP_100059501.1"
+    rows = [(345014, 346058, 0), (346057, 346121, 0)]
+    for order, rows_in_file in (("ascending", rows), ("descending", rows[::-1])):
+        gff = write_cds_gff(tmp_path / f"prfB_{order}.gff", "NZ_JPNH01000003.1", rows_in_file, attributes)
+        assert only_protein(CT_114V1_FASTA, gff, 11) == translation, order

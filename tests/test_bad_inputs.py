@@ -17,8 +17,11 @@ import pytest
 
 from bacflow.assembly import read_assembly
 from bacflow.errors import InputError
+from bacflow.families import iter_sorted
 from bacflow.proteins import AnnotationParams, GenomeProteins, annotate_genome, annotate_shard
 from bacflow.samples import Sample
+from bacflow.tables import write_parquet
+from bacflow.unique import gather_bucket, shard_unique
 from conftest import PYRODIGAL_DATA, SHARED_DATA, SMALL_GENOME, gunzip_text, make_sample, needs_shared
 
 KK037166 = PYRODIGAL_DATA / "KK037166.fna.gz"  # 20,000 bp of a Kutzneria scaffold
@@ -274,3 +277,59 @@ def test_iupac_codes_are_accepted(tmp_path: Path, annotated):
     # Measured: 67 of 76 proteins identical, 9 each with one X. A code can touch at most two overlapping genes.
     assert len(changed) <= 2 * len(codes)
     assert all("X" in protein for protein in changed)
+
+
+# Bad /translation qualifiers in a real GenBank file: each such protein is dropped where the proteins
+# table is made, counted in QC and named in a warning, so that no cohort-wide job (families, embeddings)
+# meets it. C. trachomatis D has 914 translated CDS on a chromosome and a plasmid (SOURCES.md).
+
+CT_D_GBFF = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.gbff.gz"
+# protein_id: (contig, text inserted into its /translation, at this residue offset, what the warning says)
+BAD_TRANSLATIONS = {
+    "WP_009871347.1": ("NZ_CP007131.1", "#", 10, "'#' at position 11"),
+    "WP_009871348.1": ("NZ_CP007131.1", "J", 5, "'J' at position 6"),
+    "WP_014541318.1": ("NZ_CP007132.1", "*", 20, "a stop '*' at position 21"),
+}
+
+
+def with_bad_translations(folder: Path) -> Path:
+    """CT_D_GBFF, uncompressed, with BAD_TRANSLATIONS inserted into the first line of those /translation values."""
+    text = gunzip_text(CT_D_GBFF)
+    for protein_id, (_, inserted, offset, _) in BAD_TRANSLATIONS.items():
+        qualifier = f'/protein_id="{protein_id}"'
+        assert text.count(qualifier) == 1, protein_id
+        at = text.index('/translation="', text.index(qualifier)) + len('/translation="') + offset
+        text = text[:at] + inserted + text[at:]
+    path = folder / "bad_translations.gbff"
+    path.write_text(text)
+    return path
+
+
+def test_bad_translations_are_dropped_counted_and_named(tmp_path: Path):
+    path = with_bad_translations(tmp_path)
+    good = annotate_genome(make_sample(CT_D_GBFF, "Ct_D"), AnnotationParams())
+    result = annotate_genome(make_sample(path, "Ct_D"), AnnotationParams())
+    assert result.qc["quarantine_reason"] is None and result.qc["proteins"] == 914 - 3
+    assert (result.qc["bad_translations_dropped"], good.qc["bad_translations_dropped"]) == (3, 0)
+    # The other proteins are those of the unedited file, renumbered.
+    kept = [index for index, protein_id in enumerate(good.columns["protein_id"]) if protein_id not in BAD_TRANSLATIONS]
+    for name, values in result.columns.items():
+        expected = list(range(len(kept))) if name == "protein_index" else [good.columns[name][i] for i in kept]
+        assert values == expected, name
+    (warning,) = result.qc["warnings"]
+    assert warning.startswith(f"{path}: dropped 3 protein(s)"), warning
+    for protein_id, (contig_id, _, _, problem) in BAD_TRANSLATIONS.items():
+        assert f"record '{contig_id}' protein '{protein_id}': the sequence has {problem}" in warning
+
+
+def test_bad_translation_never_reaches_the_families_job(tmp_path: Path):
+    """Before, the '#' protein went into the cohort's buckets and the families job failed on it, naming
+    only a bucket file and a hash."""
+    samples = [make_sample(with_bad_translations(tmp_path), "bad"), make_sample(KK037166, "KK037166")]
+    proteins, qc = annotate_shard(samples, AnnotationParams(), shard="00000")
+    write_parquet(proteins, tmp_path / "proteins.parquet", {})
+    shard_unique(tmp_path / "proteins.parquet", tmp_path / "unique.parquet", 1)
+    assert gather_bucket([tmp_path / "unique.parquet"], 0, tmp_path / "bucket=0000.parquet") > 900
+    rows = sum(table.num_rows for table in iter_sorted([tmp_path / "bucket=0000.parquet"], []))
+    assert rows == len(set(proteins.column("seq_hash").to_pylist()))
+    assert qc.column("bad_translations_dropped").to_pylist() == [3, 0]

@@ -15,6 +15,7 @@ from bacflow.errors import InputError
 from bacflow.esm_embed import EmbeddedBatch, Embedder, EsmTokens
 from bacflow.esm_encoder import EsmEncoder
 from bacflow.esm_model import load_esm
+from bacflow.seqhash import PROTEIN_LETTERS
 from bacflow.tiny_models import build_esm2
 from conftest import needs_shared
 from esm_helpers import real_proteins, reference_vectors, tiny_esm  # noqa: F401 (fixture)
@@ -46,6 +47,14 @@ def test_tokens_are_the_esm_tokenizers(tiny_esm: Path):
         ids, count, truncated = tokens.encode([sequence])
         assert ids[0].tolist() == expected, sequence
         assert count[0] == len(expected) and truncated[0] == (len(expected) == 1024 and len(sequence) > 1022)
+
+
+def test_every_protein_letter_is_its_own_token(tiny_esm: Path):
+    """The proteins stage stores only PROTEIN_LETTERS: none of them becomes <unk>, as J (left out) would."""
+    tokens = EsmTokens(EsmTokenizer.from_pretrained(tiny_esm), max_length=1024)
+    ids = tokens.residue_ids(PROTEIN_LETTERS)
+    assert len(set(ids.tolist())) == len(PROTEIN_LETTERS) and tokens.unk not in ids
+    assert tokens.residue_ids("J").tolist() == [tokens.unk]
 
 
 @pytest.fixture(scope="module")

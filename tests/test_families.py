@@ -24,7 +24,7 @@ from bacflow.families import (
     family_qc,
     iter_sorted,
 )
-from bacflow.seqhash import seq_hash
+from bacflow.seqhash import PROTEIN_LETTERS, seq_hash
 from bacflow.tables import read_metadata
 from bacflow.unique import UNIQUE_SCHEMA, sequence_buckets
 from conftest import SHARED_DATA, needs_shared
@@ -234,12 +234,23 @@ def test_single_sequence_and_x_are_families(tmp_path):
 
 
 @needs_mmseqs
+def test_every_protein_letter_is_accepted(tmp_path):
+    """The proteins stage stores only PROTEIN_LETTERS: the families job takes every one of them."""
+    protein = "MSKGEELFTGVVPILVELDGDVNGHKFSVSGEGEGDATYGKLTLKFICTTGKLPVPWPTLVTTFSYGVQCFSRYPDHMKQHDFFKSAMPEGYVQERT"
+    buckets = sequence_buckets([protein + PROTEIN_LETTERS], tmp_path / "buckets", 4)
+    build_families(buckets, tmp_path / "families.parquet", tmp_path / "vocab", FamilyParams())
+    (row,) = families_of(tmp_path / "families.parquet").values()
+    assert row["family_id"] == 0
+
+
+@needs_mmseqs
 @pytest.mark.parametrize(
     ("sequence", "message"),
     [
         ("MKVLAA*GIVALL", "stop '\\*' at position 7"),
         ("MKVLAAgivall", "not upper case \\('g' at position 7\\)"),
-        ("MKVLAA1GIVALL", "'1' at position 7, which is not an amino-acid code"),
+        ("MKVLAA1GIVALL", "'1' at position 7, which is not one of bacflow's protein letters"),
+        ("MKVLAAJGIVALL", "'J' at position 7, which is not one of bacflow's protein letters"),
         ("", "the sequence is empty"),
     ],
 )
