@@ -122,6 +122,21 @@ def test_outputs_do_not_depend_on_the_output_folder(two_runs: tuple[Path, Path])
     assert not different, "\n".join(different + metadata)
 
 
+@pytest.mark.slow
+def test_the_report_names_the_models_that_ran(two_runs: tuple[Path, Path]):
+    """The demo runs tiny random models: the report's front page names them (from the outputs), not the
+    configured hub models that did not run."""
+    workdir = two_runs[0]
+    report = workdir / "report.html"
+    snakemake(workdir, "--report", str(report), *demo_args(workdir))
+    front_page = json.loads(re.search(r"var workflow_desc = (\".*\");", report.read_text())[1])
+    shard = workdir / "results" / "embeddings" / "shards" / "shard=00000.parquet"
+    recipe = json.loads(read_metadata(shard)["bacflow.embedding_recipe"])
+    assert "facebook/esm2_t12_35M_UR50D" not in front_page and "macwiatrak/" not in front_page
+    assert "local:esm2-tiny" in front_page and recipe["revision"] in front_page
+    assert "local:bacformer-tiny" in front_page and "randomly initialised" in front_page
+
+
 def test_a_hub_model_that_is_not_cached_fails_before_any_job(tmp_path: Path):
     write_demo_sheet(tmp_path / "samples.tsv")
     hub_model = tmp_path / "hub_model.yaml"
