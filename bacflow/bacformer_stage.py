@@ -335,7 +335,7 @@ def bacformer_shard(
     _check_limits(net, settings, vectors_path)
     budget = settings.gpu_token_budget if device.type == "cuda" else settings.cpu_token_budget
     identity = {
-        "model": source.model,
+        "model": source.label,
         "revision": source.revision,
         "local": source.local,
         "name": name,

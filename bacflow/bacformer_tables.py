@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bacflow.embedding_stage import RECIPE, RECIPE_KEY
 from bacflow.embedding_store import vector_type
 from bacflow.errors import InputError
 from bacflow.provenance import provenance
@@ -23,7 +24,7 @@ log = logging.getLogger("bacflow")
 
 #: Metadata keys: the model that made a table (JSON), and the ESM-2 recipe of its input vectors.
 MODEL_KEY = "bacflow.bacformer_model"
-RECIPE_KEYS = ("bacflow.embedding_recipe_key", "bacflow.embedding_recipe")
+RECIPE_KEYS = (RECIPE_KEY, RECIPE)
 PARAMS_KEY, VERSIONS_KEY = "bacflow.params", "bacflow.tool_versions"
 
 

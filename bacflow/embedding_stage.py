@@ -164,7 +164,7 @@ def embed_bucket(
     device, dtype = choose_device(settings.dtype)
     source = resolve_model(model, revision)
     recipe = EmbeddingRecipe(
-        model=source.model,
+        model=source.label,
         revision=source.revision,
         local=source.local,
         dtype=dtype,

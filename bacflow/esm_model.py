@@ -44,6 +44,13 @@ class ModelSource:
     revision: str  #: hub commit (40 hex digits), or "sha256:<hex>" of a local folder's files
     local: bool  #: a local folder, not a hub repository
 
+    @property
+    def label(self) -> str:
+        """How outputs name the model: the hub id, or ``local:<folder name>``. Never a path, so that outputs do
+        not depend on where a folder is (or on the outdir, which holds the tiny models); its checksum,
+        `revision`, is what identifies a folder."""
+        return f"local:{Path(self.path).name}" if self.local else self.model
+
 
 #: What a model folder must hold, as messages name it; Bacformer passes its own (no vocabulary).
 ESM_FOLDER_FILES = "config.json, vocab.txt and weights"

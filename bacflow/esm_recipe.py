@@ -24,7 +24,7 @@ VECTOR_DTYPES = ("float32", "float16")
 
 @dataclass(frozen=True)
 class EmbeddingRecipe:
-    model: str  #: the hub id, or the folder as configured (informative: a folder is known by its checksum)
+    model: str  #: the hub id, or "local:<folder name>" (a label: a folder is known by its checksum)
     revision: str  #: hub commit, or "sha256:..." of the folder's config, vocabulary and weights
     local: bool  #: the model came from a local folder, not the hub
     dtype: str  #: compute dtype of the model's forward pass
@@ -39,7 +39,7 @@ class EmbeddingRecipe:
             raise ValueError("max_length must leave room for BOS, EOS and one residue")
 
     def identity(self) -> dict[str, Any]:
-        """What decides the vectors. A folder's path is not part of it: moved or copied weights keep theirs."""
+        """What decides the vectors. A folder's name is not part of it: renamed or copied weights keep theirs."""
         identity = asdict(self)
         if self.local:
             identity["model"] = None

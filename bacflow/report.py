@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bacflow.bacformer_tables import MODEL_KEY
+from bacflow.embedding_stage import RECIPE
 from bacflow.tables import read_metadata
 
 #: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).
@@ -46,6 +47,26 @@ def _model_note(genomes_path: str | Path) -> str:
     if identity.get("random_init"):
         note += " (randomly initialised: no biological meaning)"
     return note
+
+
+def models_that_ran(genomes_path: str | Path) -> dict[str, str]:
+    """How the report's front page names the models that made a Bacformer genome table (not the configured
+    ones: the demo runs tiny models): ``esm2``, from the recipe of its input vectors, and ``bacformer``, from
+    its metadata; "unknown" where the table is missing, unreadable or silent."""
+    try:
+        metadata = read_metadata(genomes_path)
+    except (OSError, pa.ArrowException):  # read when the workflow loads, also before the table exists
+        metadata = {}
+    return {
+        stage: _model_name(json.loads(metadata[key])) if key in metadata else f"unknown (no {key} in {genomes_path})"
+        for stage, key in (("esm2", RECIPE), ("bacformer", MODEL_KEY))
+    }
+
+
+def _model_name(identity: dict[str, Any]) -> str:
+    """The model, and what identifies its weights: a hub commit, or a local folder's checksum."""
+    name = f"{identity['model']}, {'' if identity['local'] else 'commit '}{identity['revision']}"
+    return name + (", randomly initialised: no biological meaning" if identity.get("random_init") else "")
 
 
 def _with_bacformer(qc: pa.Table, genomes_path: str | Path, columns: Sequence[str]) -> pa.Table:

@@ -1,4 +1,9 @@
+from bacflow.report import models_that_ran
+
 REPORT = OUTDIR / "report"
+# The front page (report/workflow.rst) sees nothing of the workflow but `config`: it gets the models that made
+# the results from there, read from their metadata when `snakemake --report` loads the workflow.
+config["models_that_ran"] = models_that_ran(BACFORMER_DIR / "genomes.parquet")
 
 
 rule report_genomes:

@@ -3,6 +3,7 @@ models built offline, and the HTML report; and the error for a hub model that ca
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,7 +16,9 @@ import pytest
 
 from bacflow.bacformer_model import build_tiny_bacformer, output_name
 from bacflow.demo import write_demo_sheet
-from workflow_helpers import REPO, SNAKEMAKE, snakemake
+from bacflow.tables import read_metadata
+from conftest import SMALL_GENOME
+from workflow_helpers import REPO, SNAKEMAKE, snakemake, write_sheet
 
 # Fewer ESM-2 bucket jobs than the demo's 16 (each loads PyTorch); the bucket count changes no vector.
 BUCKETS = 2
@@ -80,6 +83,58 @@ def test_demo_end_to_end_with_report_and_stable_reruns(tmp_path: Path):
     assert rows["SRR492066_contig"]["mode"] == "whole"
     long = pq.read_table(results / "bacformer" / "windowed" / "proteins").drop_columns(["shard"])
     assert long.select(keys).equals(contextual.select(keys)) and np.isfinite(vectors(long)).all()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The demo's workflow (every target, tiny models) on one small genome, run from scratch in two folders."""
+    workdirs = []
+    for name in ("a", "b"):
+        workdir = tmp_path_factory.mktemp(name)
+        write_sheet(workdir / "samples.tsv", [("SRR492066_contig", str(SMALL_GENOME), "11", "mag")])
+        snakemake(workdir, "all", *demo_args(workdir))
+        workdirs.append(workdir)
+    return workdirs[0], workdirs[1]
+
+
+@pytest.mark.slow
+def test_outputs_do_not_depend_on_the_output_folder(two_runs: tuple[Path, Path]):
+    """Every output but logs and benchmarks (which name paths and times) is the same bytes in both runs: model
+    folders are known by their checksum, never by their path."""
+    first, second = (workdir / "results" for workdir in two_runs)
+
+    def outputs(results: Path) -> set[Path]:
+        return {
+            path.relative_to(results)
+            for path in results.rglob("*")
+            if path.is_file() and path.relative_to(results).parts[0] not in ("logs", "benchmarks")
+        }
+
+    assert outputs(first) == outputs(second)
+    different = sorted(str(path) for path in outputs(first) if (first / path).read_bytes() != (second / path).read_bytes())
+    metadata = [
+        f"{path}: {key} differs"
+        for path in different
+        if path.endswith(".parquet")
+        for key, value in read_metadata(first / path).items()
+        if value != read_metadata(second / path).get(key)
+    ]
+    assert not different, "\n".join(different + metadata)
+
+
+@pytest.mark.slow
+def test_the_report_names_the_models_that_ran(two_runs: tuple[Path, Path]):
+    """The demo runs tiny random models: the report's front page names them (from the outputs), not the
+    configured hub models that did not run."""
+    workdir = two_runs[0]
+    report = workdir / "report.html"
+    snakemake(workdir, "--report", str(report), *demo_args(workdir))
+    front_page = json.loads(re.search(r"var workflow_desc = (\".*\");", report.read_text())[1])
+    shard = workdir / "results" / "embeddings" / "shards" / "shard=00000.parquet"
+    recipe = json.loads(read_metadata(shard)["bacflow.embedding_recipe"])
+    assert "facebook/esm2_t12_35M_UR50D" not in front_page and "macwiatrak/" not in front_page
+    assert "local:esm2-tiny" in front_page and recipe["revision"] in front_page
+    assert "local:bacformer-tiny" in front_page and "randomly initialised" in front_page
 
 
 def test_a_hub_model_that_is_not_cached_fails_before_any_job(tmp_path: Path):

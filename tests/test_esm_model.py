@@ -3,6 +3,7 @@ folders (checksums, recipe keys), and clear errors for missing or wrong models."
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -81,9 +82,11 @@ def test_folder_checksum_follows_the_weights_not_the_path(tiny_esm: Path, tmp_pa
     def recipe(folder: Path, **changes) -> EmbeddingRecipe:
         source = resolve_model(str(folder))
         settings = dict(dtype="float32", pooling="mean", max_length=1024, vector_dtype="float32") | changes
-        return EmbeddingRecipe(model=source.model, revision=source.revision, local=True, **settings)
+        return EmbeddingRecipe(model=source.label, revision=source.revision, local=True, **settings)
 
     assert recipe(copy).key == recipe(tiny_esm).key != recipe(other).key
+    # What outputs write names the folder, never its path.
+    assert recipe(copy).model == "local:copy" and str(tmp_path) not in json.dumps(recipe(copy).description())
     for change in ({"dtype": "bfloat16"}, {"pooling": "mean_residues"}, {"max_length": 512}, {"vector_dtype": "float16"}):
         assert recipe(tiny_esm, **change).key != recipe(tiny_esm).key, change
     hub = EmbeddingRecipe(HUB_ID, COMMIT, False, "float32", "mean", 1024, "float32")

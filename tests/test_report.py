@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow import report
-from bacflow.bacformer_tables import genome_schema
+from bacflow.bacformer_tables import MODEL_KEY, genome_schema
+from bacflow.embedding_stage import RECIPE
 from bacflow.embedding_store import vector_array
 
 DIM = 6
@@ -135,3 +137,21 @@ def test_streaming_pca_matches_numpy_and_the_projection_is_drawn(tmp_path: Path,
     qc = write_qc(tmp_path / "qc.parquet", [{"genome_id": f"g{i}", "group": "ab"[i % 2]} for i in range(11)])
     report.genome_projection(genomes, qc, tmp_path / "projection.png")
     assert (tmp_path / "projection.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_front_page_names_the_models_recorded_in_the_genome_table(tmp_path: Path):
+    genomes = write_genomes(tmp_path / "g.parquet", {"g": "whole"})
+    recipe = {"model": "local:esm2-tiny", "revision": "sha256:f86b3c65", "local": True, "dtype": "float32"}
+    model = {"model": "macwiatrak/bacformer-masked-MAG", "revision": "c0ffee", "local": False, "random_init": False}
+    table = pq.read_table(genomes)
+    pq.write_table(table.replace_schema_metadata({RECIPE: json.dumps(recipe), MODEL_KEY: json.dumps(model)}), genomes)
+    assert report.models_that_ran(genomes) == {
+        "esm2": "local:esm2-tiny, sha256:f86b3c65",
+        "bacformer": "macwiatrak/bacformer-masked-MAG, commit c0ffee",
+    }
+    random = {**model, "model": "local:bacformer-tiny", "revision": "sha256:9394", "local": True, "random_init": True}
+    pq.write_table(table.replace_schema_metadata({MODEL_KEY: json.dumps(random)}), genomes)
+    names = report.models_that_ran(genomes)
+    assert names["bacformer"] == "local:bacformer-tiny, sha256:9394, randomly initialised: no biological meaning"
+    assert names["esm2"].startswith("unknown")  # a table without the recipe's metadata
+    assert all(name.startswith("unknown") for name in report.models_that_ran(tmp_path / "missing.parquet").values())
