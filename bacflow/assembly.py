@@ -247,7 +247,8 @@ def _parse_gff3(text: str, path: Path, contigs: list[Contig] | None, genetic_cod
         parsed = _gff_attributes(attributes)
         key = parsed.get("ID") or parsed.get("Parent") or f"line{line_number}"
         segments.setdefault(key, []).append((*row, parsed))
-    table = CodonTable.unambiguous_dna_by_id[genetic_code]
+    # The ambiguous table translates codons with IUPAC codes (an assembly may have them) instead of failing.
+    table = CodonTable.ambiguous_dna_by_id[genetic_code]
     cds = []
     for key, parts in segments.items():
         contig_index, _, _, strand, _, attributes = parts[0]
@@ -284,11 +285,13 @@ def _translate_cds(nucleotides: str, table: CodonTable.CodonTable, five_prime_pa
     usable = len(nucleotides) - len(nucleotides) % 3
     if usable < 3:
         return None
-    protein = str(Seq(nucleotides[:usable]).translate(table=table))
+    # Biopython writes J for a codon that is Leu or Ile (e.g. MTT); Prodigal writes X, and J is no protein
+    # letter of bacflow's (ESM-2 has no token for it). B and Z stay: ESM-2 and MMseqs2 read them.
+    protein = str(Seq(nucleotides[:usable]).translate(table=table)).replace("J", "X")
     if protein.endswith("*"):
         protein = protein[:-1]
     if "*" in protein or not protein:
         return None
-    if not five_prime_partial and nucleotides[:3] in table.start_codons:
+    if not five_prime_partial and nucleotides[:3] in CodonTable.unambiguous_dna_by_id[table.id].start_codons:
         protein = "M" + protein[1:]
     return protein

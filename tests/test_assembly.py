@@ -341,3 +341,18 @@ def test_ncbi_frameshifted_minus_strand_cds_from_gff_is_its_genbank_translation(
     for order, rows_in_file in (("ascending", rows), ("descending", rows[::-1])):
         gff = write_cds_gff(tmp_path / f"prfB_{order}.gff", "NZ_JPNH01000003.1", rows_in_file, attributes)
         assert only_protein(CT_114V1_FASTA, gff, 11) == translation, order
+
+
+def test_gff_cds_over_ambiguous_bases_translates_them_as_prodigal_does(tmp_path: Path):
+    """IUPAC codes inside a GFF3 CDS (as an assembly may hold): a codon that can only be one amino acid is
+    that amino acid, Leu-or-Ile (J to Biopython) and other undecidable codons are X; the genome is kept."""
+    contig = read_assembly(MGENITALIUM).contigs[0]
+    gene = Seq(contig.sequence[14394:15216]).reverse_complement()  # complement(14395..15216), code 4
+    # Codon 2 -> MTT (ATT or CTT: Ile or Leu), codon 3 -> its first base N, codon 4 -> GGN (always Gly).
+    edited = str(gene[:3]) + "MTT" + "N" + str(gene[7:9]) + "GGN" + str(gene[12:])
+    sequence = contig.sequence[:14394] + str(Seq(edited).reverse_complement()) + contig.sequence[15216:]
+    fasta = tmp_path / "edited.fna"
+    fasta.write_text(f">{contig.id}\n{sequence}\n")
+    protein = only_protein(fasta, write_cds_gff(tmp_path / "one.gff", contig.id, [(14395, 15216, 0)], "ID=x"), 4)
+    full = str(gene.translate(table=4, cds=True))
+    assert protein == "M" + "X" + "X" + "G" + full[4:]
