@@ -77,14 +77,14 @@ def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
     """Delete the shard entries in the folders of `current` (the files of the run's plan) that are not theirs.
 
     They are what a plan that no longer holds left behind (another ``shard_size``, genomes removed from the
-    sheet): left there, reading the folder as a dataset would return their rows too. Returns what was removed.
+    sheet): left there, reading the folder as a dataset would return their rows too. Paths outside a shard
+    entry (library callers may name their files freely) make no folder a dataset. Returns what was removed.
     """
     kept: dict[Path, set[str]] = {}
     for path in map(Path, current):
         entry = next((part for part in (path, *path.parents) if _SHARD_ENTRY.match(part.name)), None)
-        if entry is None:
-            raise ValueError(f"{path} is not in a shard entry (shard=N/ or shard=N.parquet)")
-        kept.setdefault(entry.parent, set()).add(entry.name)
+        if entry is not None:
+            kept.setdefault(entry.parent, set()).add(entry.name)
     removed = []
     for folder, names in kept.items():
         for entry in sorted(folder.iterdir()):

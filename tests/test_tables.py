@@ -62,8 +62,8 @@ def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
     ]
     assert pq.read_table(dataset).num_rows == 1
     assert sorted(path.name for path in files.iterdir()) == [".shard=00003.parquet.abc.tmp", "notes.txt", "shard=00000.parquet", "shard=00002.parquet"]
-    with pytest.raises(ValueError, match="not in a shard entry"):
-        remove_stale_shards([tmp_path / "elsewhere.parquet"])
+    (tmp_path / "shard=00009.parquet").write_text("beside a file named freely: kept")
+    assert remove_stale_shards([tmp_path / "elsewhere.parquet"]) == [] and (tmp_path / "shard=00009.parquet").exists()
 
 
 def test_scratch_dir_removes_what_killed_processes_left_and_nothing_else(tmp_path: Path):
