@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from bacflow.errors import InputError
+from bacflow.genecall import GENETIC_CODES
 from bacflow.schemas import SAMPLES_SCHEMA, filling_validator, load_schema
 
 
@@ -56,7 +57,9 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
             )
     if len(rows) == 1:
         raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
-    validator = filling_validator(load_schema(schema_path))
+    schema = load_schema(schema_path)
+    schema["properties"]["genetic_code"]["enum"] = list(GENETIC_CODES)
+    validator = filling_validator(schema)
     samples, first_line_of = [], {}
     for line, row in rows[1:]:
         if len(row) != len(header):
@@ -98,6 +101,8 @@ _COLUMNS = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split"
 
 def _readable(path: Path, where: str) -> Path:
     path = Path(os.path.normpath(path))
+    if path.is_dir():
+        raise InputError(f"{where}: a folder, not a file: {path}")
     if not path.is_file():
         raise InputError(f"{where}: file not found: {path}")
     if not os.access(path, os.R_OK):
