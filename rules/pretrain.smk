@@ -96,7 +96,8 @@ rule pretrain_train:
         OUTDIR / "benchmarks" / "pretrain_train.tsv"
     conda:
         "../envs/torch.yaml"
-    # Data-loader workers and the training process, for each GPU.
+    # Data-loader workers and the training process, for each GPU; given fewer (--cores), the job runs
+    # fewer workers (PretrainParams.within_threads).
     threads: max(PRETRAIN["gpus"], 1) * (PRETRAIN["dataloader_workers"] + 1)
     resources:
         # The executor plugin asks SLURM for `gpu` GPUs in all (--gpus) on `nodes` nodes.

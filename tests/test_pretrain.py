@@ -446,6 +446,13 @@ def test_bad_training_settings_are_errors():
         replace(TINY, objective="contrastive")
 
 
+def test_data_loader_workers_fit_in_the_jobs_threads():
+    """Each process's trainer takes one of the job's threads and its workers the rest, up to those configured."""
+    params = replace(TINY, dataloader_workers=8)
+    assert [params.within_threads(threads, 1).dataloader_workers for threads in (1, 2, 9, 32)] == [0, 1, 8, 8]
+    assert params.within_threads(6, 2).dataloader_workers == 2
+
+
 def test_launch_commands():
     spec = Path("run.json")
     single = launch_command(spec, gpus=4, nodes=1, environ={})
