@@ -3,6 +3,8 @@
 * ``Cdiphtheriae_NCTC11397``: the complete *Corynebacterium diphtheriae* NCTC 11397 genome (2.46 Mb);
 * ``SRR492066_contig``: one 80 kb contig of a metagenome, run as ``kind: mag`` (meta-mode gene calling).
 
+Their pretraining splits are train and val: the demo's pretraining needs both, and no test split.
+
 Usage: ``python -m bacflow.demo demo/samples.tsv``
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 DEMO_GENOMES = (
     ("Cdiphtheriae_NCTC11397", "GCF_001457455.1_NCTC11397_genomic.fna.gz", "complete", "train"),
-    ("SRR492066_contig", "SRR492066.fna.gz", "mag", "test"),
+    ("SRR492066_contig", "SRR492066.fna.gz", "mag", "val"),
 )
 
 

@@ -28,6 +28,9 @@ warnings.filterwarnings("ignore", message="sequence should be at least", categor
 
 #: Below this many bases, single-mode training is allowed but weak (Prodigal's documentation).
 WEAK_TRAINING_BASES = 100_000
+#: The NCBI translation tables genes can be called with: pyrodigal's (it lacks 27, 28 and 31); the sample
+#: sheet takes no others.
+GENETIC_CODES = tuple(sorted(pyrodigal.TRANSLATION_TABLES))
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,13 @@ class PretrainParams:
             )
         self.example_params(1)  # fails on a bad objective or masking probability
 
+    def within_threads(self, threads: int, processes: int) -> PretrainParams:
+        """These parameters with no more data-loader workers per process than `threads` leave beside each
+        process's trainer. The rule asks for processes * (workers + 1) threads, but Snakemake gives a job at most
+        --cores of them, and workers beyond the job's threads only compete with the trainer for its cores."""
+        workers = min(self.dataloader_workers, max(threads // processes - 1, 0))
+        return dataclasses.replace(self, dataloader_workers=workers)
+
     def example_params(self, vocab_size: int) -> ExampleParams:
         try:
             return ExampleParams(
@@ -465,8 +472,20 @@ def launch_command(spec: Path, gpus: int, nodes: int, environ: Mapping[str, str]
     ]
 
 
-def launch(corpus_json: str | Path, run_dir: str | Path, params: PretrainParams, gpus: int, nodes: int = 1) -> None:
-    """Train in this process (one GPU or none), or in one process per GPU, whose output goes to this log."""
+def launch(
+    corpus_json: str | Path, run_dir: str | Path, params: PretrainParams, gpus: int, nodes: int, threads: int
+) -> None:
+    """Train in this process (one GPU or none), or in one process per GPU, whose output goes to this log;
+    `threads`: the job's, per node (`PretrainParams.within_threads`)."""
+    fitted = params.within_threads(threads, max(gpus, 1))
+    if fitted != params:
+        log.info(
+            "%d data-loader workers per process, not %d: the job has %d threads",
+            fitted.dataloader_workers,
+            params.dataloader_workers,
+            threads,
+        )
+    params = fitted
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "run.json"

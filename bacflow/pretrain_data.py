@@ -21,7 +21,7 @@ when genomes are added to the sheet.
 
 The corpus is written one genome shard at a time (`build_corpus_shard`) from the shard's gathered protein vectors
 (the embeddings stage's ``embeddings/shards/``, in genome order) and, streamed in batches, the families table. `summarize_corpus` then checks the whole corpus
-(every split has genomes, there are labels to learn) reading only small columns, one file at a time.
+(every split it needs has genomes, there are labels to learn) reading only small columns, one file at a time.
 """
 
 from __future__ import annotations
@@ -89,6 +89,20 @@ def assign_splits(samples: Sequence[Sample], val_fraction: float, test_fraction:
         draw = int.from_bytes(digest[:8], "big") / 2**64
         splits[sample.genome_id] = "val" if draw < val_fraction else "test" if draw < val_fraction + test_fraction else "train"
     return splits
+
+
+def splits_drawn(samples: Sequence[Sample]) -> bool:
+    """Whether some group has no split in the sheet, so that val_fraction and test_fraction apply to it."""
+    named = {sample.group for sample in samples if sample.split is not None}
+    return any(sample.group not in named for sample in samples)
+
+
+def required_splits(samples: Sequence[Sample], splits: Mapping[str, str], test_fraction: float) -> list[str]:
+    """The splits the corpus must fill: train and val, and test where a genome is in it or groups drawn by hash
+    get a test_fraction. Splits named in the sheet are taken as given: a sheet that names every group's split
+    asks for no other (test_fraction, which applies only to groups without one, does not)."""
+    wants_test = "test" in splits.values() or (test_fraction > 0 and splits_drawn(samples))
+    return ["train", "val", *(["test"] if wants_test else [])]
 
 
 def family_labels(families_path: str | Path, seq_hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -206,11 +220,18 @@ def build_corpus_shard(
 
 
 def summarize_corpus(
-    parts: Mapping[str, Sequence[str | Path]], vocab_size: int, require_test: bool, out_path: str | Path
+    parts: Mapping[str, Sequence[str | Path]],
+    vocab_size: int,
+    required: Sequence[str],
+    drawn: bool,
+    out_path: str | Path,
 ) -> dict[str, Any]:
     """Check the corpus and write its summary (JSON): genomes, proteins and labels per split, the vector size,
     and the most frequent family of the training split with its share of the validation labels (the accuracy
     of always predicting it). Reads the small columns, one file at a time.
+
+    `required`: the splits that must have genomes (`required_splits`); `drawn`: whether the fractions apply
+    to some group (`splits_drawn`), and so can fill an empty split.
     """
     summary: dict[str, Any] = {"vocab_size": vocab_size, "splits": {}}
     train_families: Counter[int] = Counter()
@@ -237,11 +258,14 @@ def summarize_corpus(
                 values, counts = np.unique(ids, return_counts=True)
                 (train_families if split == "train" else val_families).update(dict(zip(values.tolist(), counts.tolist())))
         summary["splits"][split] = totals
-    for split in ("train", "val") + (("test",) if require_test else ()):
+    for split in required:
         if summary["splits"][split]["genomes"] == 0:
+            fractions = f"raise pretrain.{split}_fraction"
+            if split == "train":
+                fractions = "lower pretrain.val_fraction / pretrain.test_fraction"
             raise InputError(
-                f"pretraining corpus: the {split} split has no genomes; set a '{split}' split for some groups in the "
-                "sample sheet, or raise pretrain.val_fraction / pretrain.test_fraction"
+                f"pretraining corpus: the {split} split has no genomes; name it in the sample sheet's split column for "
+                f"some groups{f', or {fractions}' if drawn else ''}"
             )
     for split in ("train", "val"):
         if summary["splits"][split]["labelled"] == 0:

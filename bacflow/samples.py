@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from bacflow.errors import InputError
-
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "config" / "schemas"
-SAMPLES_SCHEMA = SCHEMA_DIR / "samples.schema.yaml"
+from bacflow.genecall import GENETIC_CODES
+from bacflow.schemas import SAMPLES_SCHEMA, filling_validator, load_schema
 
 
 @dataclass(frozen=True)
@@ -34,26 +32,6 @@ class Sample:
     kind: str
     group: str
     split: str | None
-
-
-def load_schema(path: str | Path) -> dict[str, Any]:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
-
-
-def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    """A Draft 2020-12 validator that also fills in each property's default."""
-    base = jsonschema.Draft202012Validator
-    check_properties = base.VALIDATORS["properties"]
-
-    def properties_with_defaults(validator, properties, instance, schema):
-        for name, subschema in properties.items():
-            if isinstance(instance, dict) and "default" in subschema:
-                instance.setdefault(name, subschema["default"])
-        yield from check_properties(validator, properties, instance, schema)
-
-    filling = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
-    return filling(schema)
 
 
 def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) -> list[Sample]:
@@ -79,7 +57,9 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
             )
     if len(rows) == 1:
         raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
-    validator = _validator(load_schema(schema_path))
+    schema = load_schema(schema_path)
+    schema["properties"]["genetic_code"]["enum"] = list(GENETIC_CODES)
+    validator = filling_validator(schema)
     samples, first_line_of = [], {}
     for line, row in rows[1:]:
         if len(row) != len(header):
@@ -121,6 +101,8 @@ _COLUMNS = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split"
 
 def _readable(path: Path, where: str) -> Path:
     path = Path(os.path.normpath(path))
+    if path.is_dir():
+        raise InputError(f"{where}: a folder, not a file: {path}")
     if not path.is_file():
         raise InputError(f"{where}: file not found: {path}")
     if not os.access(path, os.R_OK):

@@ -2,12 +2,14 @@ import dataclasses
 import os
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from bacflow.errors import InputError
 from bacflow.samples import assign_shards, read_samples
+from bacflow.schemas import check_config
 
-validate(config, schema="../config/schemas/config.schema.yaml")
+try:
+    check_config(config)
+except InputError as error:
+    raise WorkflowError(str(error)) from None
 
 # Scripts import the bacflow package from this checkout, also inside per-rule conda envs
 # (set, not read: no envvars directive needed).

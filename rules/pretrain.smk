@@ -1,4 +1,4 @@
-from bacflow.pretrain_data import SPLITS, assign_splits
+from bacflow.pretrain_data import SPLITS, assign_splits, required_splits, splits_drawn
 
 PRETRAIN = config["pretrain"]
 PRETRAIN_DIR = OUTDIR / "pretrain" / PRETRAIN["run"]
@@ -72,8 +72,8 @@ rule pretrain_corpus:
         runtime=30,
     params:
         vocab_size=config["families"]["vocab_size"],
-        # An empty test split is an error only when one was asked for.
-        require_test=PRETRAIN["test_fraction"] > 0 or "test" in PRETRAIN_SPLITS.values(),
+        required=required_splits(SAMPLES, PRETRAIN_SPLITS, PRETRAIN["test_fraction"]),
+        drawn=splits_drawn(SAMPLES),
     script:
         "../scripts/pretrain_corpus.py"
 
@@ -96,7 +96,8 @@ rule pretrain_train:
         OUTDIR / "benchmarks" / "pretrain_train.tsv"
     conda:
         "../envs/torch.yaml"
-    # Data-loader workers and the training process, for each GPU.
+    # Data-loader workers and the training process, for each GPU; given fewer (--cores), the job runs
+    # fewer workers (PretrainParams.within_threads).
     threads: max(PRETRAIN["gpus"], 1) * (PRETRAIN["dataloader_workers"] + 1)
     resources:
         # The executor plugin asks SLURM for `gpu` GPUs in all (--gpus) on `nodes` nodes.

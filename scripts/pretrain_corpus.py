@@ -3,4 +3,6 @@ from bacflow.pretrain_data import SPLITS, summarize_corpus
 
 with logging_to(snakemake.log[0]):
     parts = {split: snakemake.input[split] for split in SPLITS}
-    summarize_corpus(parts, snakemake.params.vocab_size, snakemake.params.require_test, snakemake.output[0])
+    summarize_corpus(
+        parts, snakemake.params.vocab_size, snakemake.params.required, snakemake.params.drawn, snakemake.output[0]
+    )

@@ -3,6 +3,7 @@ models built offline, and the HTML report; and the error for a hub model that ca
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -135,6 +136,22 @@ def test_the_report_names_the_models_that_ran(two_runs: tuple[Path, Path]):
     assert "facebook/esm2_t12_35M_UR50D" not in front_page and "macwiatrak/" not in front_page
     assert "local:esm2-tiny" in front_page and recipe["revision"] in front_page
     assert "local:bacformer-tiny" in front_page and "randomly initialised" in front_page
+
+
+@pytest.mark.slow
+def test_demo_pretraining_is_small(tmp_path: Path):
+    """`snakemake pretrain` on the demo trains a small model for a few steps (not the reference's 12 layers for
+    10 epochs), with the sheet's splits (train, val; no test), and its data loaders fit in the job's threads:
+    on 2 cores the trainer and one worker, not the 8 workers configured."""
+    write_demo_sheet(tmp_path / "samples.tsv")
+    snakemake(tmp_path, "pretrain", *demo_args(tmp_path))
+    run = tmp_path / "results" / "pretrain" / "bacformer"
+    with open(run / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(row["loss"] for row in rows) and any(row["eval_loss"] for row in rows)
+    model = json.loads((run / "model" / "config.json").read_text())
+    assert model["num_hidden_layers"] == 2
+    assert json.loads((run / "run.json").read_text())["params"]["dataloader_workers"] == 1
 
 
 def test_a_hub_model_that_is_not_cached_fails_before_any_job(tmp_path: Path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,14 @@ from safetensors.torch import load_file
 from bacflow.errors import InputError
 from bacflow.modeling_bacformer import BacformerConfig, BacformerForMaskedGM, SPECIAL_TOKENS
 from bacflow.pretrain import PretrainParams, launch_command, make_model, newest_checkpoint, train
-from bacflow.pretrain_data import SPLITS, assign_splits, build_corpus_shard, summarize_corpus
+from bacflow.pretrain_data import (
+    SPLITS,
+    assign_splits,
+    build_corpus_shard,
+    required_splits,
+    splits_drawn,
+    summarize_corpus,
+)
 from bacflow.pretrain_dataset import CorpusIndex, EpochSampler, GenomeDataset
 from bacflow.samples import Sample
 from bacformer_helpers import reference_python  # noqa: F401 (fixture)
@@ -103,7 +111,13 @@ def write_shards(folder: Path, labelled: bool = True) -> tuple[list[Path], Path]
     return shards, families_path
 
 
-def build_corpus(folder: Path, labelled: bool = True, split_of: dict[str, str] = SPLIT_OF) -> Path:
+def build_corpus(
+    folder: Path,
+    labelled: bool = True,
+    split_of: dict[str, str] = SPLIT_OF,
+    required: tuple[str, ...] = SPLITS,
+    drawn: bool = False,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shards, families = write_shards(folder, labelled)
     parts = {split: [] for split in SPLITS}
@@ -113,7 +127,7 @@ def build_corpus(folder: Path, labelled: bool = True, split_of: dict[str, str] =
         build_corpus_shard(vectors, families, members, outputs)
         for split in SPLITS:
             parts[split].append(outputs[split])
-    summarize_corpus(parts, VOCAB, True, folder / "data" / "corpus.json")
+    summarize_corpus(parts, VOCAB, required, drawn, folder / "data" / "corpus.json")
     return folder / "data" / "corpus.json"
 
 
@@ -144,6 +158,22 @@ def test_splits_are_stable_when_genomes_are_added_and_depend_on_the_seed():
     more = assign_splits(samples[::-1] + [sample(f"new{n}") for n in range(50)], 0.1, 0.1)
     assert all(more[genome] == split for genome, split in first.items())
     assert assign_splits(samples, 0.1, 0.1, seed=1) != first
+
+
+def test_splits_named_in_the_sheet_are_taken_as_given():
+    """The fractions apply to groups without a split in the sheet: a sheet that names train and val for every
+    genome asks for no test split, whatever test_fraction says."""
+    named = [sample("a", split="train"), sample("b", "B", split="val"), sample("c", "B")]
+    assert not splits_drawn(named)
+    assert required_splits(named, assign_splits(named, 0.05, 0.05), 0.05) == ["train", "val"]
+    with_test = [*named, sample("d", split="test")]
+    assert required_splits(with_test, assign_splits(with_test, 0.05, 0.05), 0.0) == ["train", "val", "test"]
+    # A group drawn by hash could land in test (here it does not), so test_fraction asks for the split.
+    drawn = [*named, sample("e")]
+    splits = assign_splits(drawn, 0.05, 0.05)
+    assert splits_drawn(drawn) and splits["e"] == "train"
+    assert required_splits(drawn, splits, 0.05) == ["train", "val", "test"]
+    assert required_splits(drawn, assign_splits(drawn, 0.05, 0.0), 0.0) == ["train", "val"]
 
 
 def test_a_group_with_two_sheet_splits_is_an_error():
@@ -205,9 +235,19 @@ def test_a_corpus_without_labels_is_an_error(tmp_path: Path):
         build_corpus(tmp_path, labelled=False)
 
 
-def test_a_split_without_genomes_is_an_error(tmp_path: Path):
-    with pytest.raises(InputError, match="the val split has no genomes"):
-        build_corpus(tmp_path, split_of={genome: "test" if split == "val" else split for genome, split in SPLIT_OF.items()})
+@pytest.mark.parametrize(
+    ("drawn", "advice"),
+    [
+        pytest.param(False, "name it in the sample sheet's split column for some groups$", id="every-split-named"),
+        pytest.param(True, "or raise pretrain.val_fraction$", id="some-groups-drawn"),
+    ],
+)
+def test_a_split_without_genomes_is_an_error_that_says_what_fills_it(tmp_path: Path, drawn: bool, advice: str):
+    """The fractions are advice only where some group has no split in the sheet (they apply to no other)."""
+    without_val = {genome: "test" if split == "val" else split for genome, split in SPLIT_OF.items()}
+    with pytest.raises(InputError, match="the val split has no genomes") as raised:
+        build_corpus(tmp_path, split_of=without_val, drawn=drawn)
+    assert re.search(advice, str(raised.value)), str(raised.value)
 
 
 # --- dataset and sampler --------------------------------------------------------------------------------
@@ -404,6 +444,13 @@ def test_bad_training_settings_are_errors():
         replace(TINY, save_steps=4)
     with pytest.raises(InputError, match="objective must be 'masked' or 'causal'"):
         replace(TINY, objective="contrastive")
+
+
+def test_data_loader_workers_fit_in_the_jobs_threads():
+    """Each process's trainer takes one of the job's threads and its workers the rest, up to those configured."""
+    params = replace(TINY, dataloader_workers=8)
+    assert [params.within_threads(threads, 1).dataloader_workers for threads in (1, 2, 9, 32)] == [0, 1, 8, 8]
+    assert params.within_threads(6, 2).dataloader_workers == 2
 
 
 def test_launch_commands():

@@ -56,6 +56,13 @@ OTHER_GENOME = with_cell(with_cell(GOOD_ROW, "genome_id", "KK037166"), "path", s
         pytest.param(
             with_cell(OTHER_GENOME, "genetic_code", "7"), "genetic_code", "is not one of", id="genetic_code-7"
         ),
+        # NCBI tables that pyrodigal cannot call genes with.
+        *(
+            pytest.param(
+                with_cell(OTHER_GENOME, "genetic_code", code), "genetic_code", "is not one of", id=f"genetic_code-{code}"
+            )
+            for code in ("27", "28", "31")
+        ),
         pytest.param(
             with_cell(OTHER_GENOME, "genetic_code", "eleven"), "genetic_code", "is not of type", id="genetic_code-word"
         ),
@@ -65,7 +72,7 @@ OTHER_GENOME = with_cell(with_cell(GOOD_ROW, "genome_id", "KK037166"), "path", s
             with_cell(OTHER_GENOME, "path", "no_such_genome.fna.gz"), "path", "file not found", id="missing-path"
         ),
         pytest.param(
-            with_cell(OTHER_GENOME, "path", str(PYRODIGAL_DATA)), "path", "file not found", id="path-is-a-folder"
+            with_cell(OTHER_GENOME, "path", str(PYRODIGAL_DATA)), "path", "a folder, not a file", id="path-is-a-folder"
         ),
         pytest.param(with_cell(OTHER_GENOME, "gff", "no_such.gff"), "gff", "file not found", id="missing-gff"),
     ],

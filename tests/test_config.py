@@ -1,0 +1,16 @@
+"""The workflow's config check (`bacflow.schemas.check_config`); its messages, as Snakemake shows them, are
+tested in test_workflow.py."""
+
+from __future__ import annotations
+
+from bacflow.schemas import check_config
+
+
+def test_text_values_mean_what_they_mean_in_a_config_file():
+    """What Snakemake's `--config` makes of `strict=true families={vocab_size: 5, vocab: x}`."""
+    config = {"samples": "s.tsv", "outdir": "1", "strict": "true", "families": {"vocab_size": "5", "vocab": "7"}}
+    check_config(config)
+    assert config["strict"] is True and config["families"]["vocab_size"] == 5
+    # Keys that take text keep it, and defaults are filled in.
+    assert config["outdir"] == "1" and config["families"]["vocab"] == "7"
+    assert config["families"]["method"] == "linclust" and config["pretrain"]["model"]["num_hidden_layers"] == 12
