@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bacflow.bacformer_tables import MODEL_KEY
-from bacflow.embedding_stage import RECIPE
-from bacflow.tables import read_metadata
+from bacflow.bacformer.tables import MODEL_KEY
+from bacflow.embeddings.stage import RECIPE
+from bacflow.core.tables import read_metadata
 
 #: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).
 MAX_BARS = 40

@@ -10,7 +10,7 @@ What it measures
    randomly initialised model of the published geometry (12 layers, width 480, 8 heads; random weights
    cost what trained ones do):
 
-   * ``bacflow, one genome at a time`` and ``bacflow, batched``: `bacflow.bacformer_stage.embed_genomes`
+   * ``bacflow, one genome at a time`` and ``bacflow, batched``: `bacflow.bacformer.stage.embed_genomes`
      with a token budget of one genome and of ``--budget`` tokens (several genomes per forward pass,
      padded and key-masked), the model loaded as the shard job loads it;
    * ``bacflow, shard job``: the whole `bacformer_shard` call of the workflow's rule (model loading,
@@ -65,13 +65,13 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from bacflow.bacformer_model import load_bacformer  # noqa: E402
-from bacflow.bacformer_stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome  # noqa: E402
+from bacflow.bacformer.model import load_bacformer  # noqa: E402
+from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome  # noqa: E402
 from bacflow.demo import write_demo_sheet  # noqa: E402
-from bacflow.embedding_stage import EmbeddingSettings  # noqa: E402
-from bacflow.embedding_store import vector_array  # noqa: E402
-from bacflow.esm_model import choose_device  # noqa: E402
-from bacflow.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
+from bacflow.embeddings.stage import EmbeddingSettings  # noqa: E402
+from bacflow.embeddings.store import vector_array  # noqa: E402
+from bacflow.core.models import choose_device  # noqa: E402
+from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "bacformer"
 RESULTS = REPO / "bench" / "results"
@@ -308,10 +308,10 @@ def published_geometry_on_demo(args: argparse.Namespace, results: Path) -> dict:
     """Seconds the published geometries would add to the demo's ESM-2 and Bacformer jobs on this device: ESM-2
     t12 35M timed on a sample of the demo's distinct proteins and scaled to all of them; Bacformer run on the
     demo genomes' shapes (protein counts and contigs) with random vectors."""
-    from bacflow.esm_embed import Embedder
-    from bacflow.esm_encoder import EsmEncoder
-    from bacflow.esm_model import load_esm
-    from bacflow.tiny_models import build_esm2
+    from bacflow.embeddings.embedder import Embedder
+    from bacflow.embeddings.esm_encoder import EsmEncoder
+    from bacflow.embeddings.esm_model import load_esm
+    from bacflow.embeddings.tiny import build_esm2
 
     device, dtype = choose_device("auto")
     unique = pa.concat_tables(

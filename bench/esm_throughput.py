@@ -9,9 +9,9 @@ translations in ``../shared/data``, 314,411 tokens, 7 over 1,022 aa) are embedde
 * ``reference``: bacformer.pp's recipe as it runs without faesm: ``AutoModel`` (EsmModel with pooler)
   and ``AutoTokenizer``, float32, proteins sorted by length ascending, batches of 64 padded to the
   longest, truncation to 1,024 tokens, ``torch.no_grad``, mean over the attention mask (BOS/EOS in);
-* ``bacflow``: ``bacflow.esm_embed.Embedder`` as a bucket job runs it: batches longest first under the
+* ``bacflow``: ``bacflow.embeddings.embedder.Embedder`` as a bucket job runs it: batches longest first under the
   token budget (``--token-budget``, default the config's ``cpu_token_budget``/``gpu_token_budget``),
-  bacflow's forward pass (``bacflow.esm_encoder``, SDPA attention) over the same weights,
+  bacflow's forward pass (``bacflow.embeddings.esm_encoder``, SDPA attention) over the same weights,
   ``torch.inference_mode``, float32 on the CPU, bfloat16 on a GPU.
 
 The model is facebook/esm2_t12_35M_UR50D's architecture (12 layers, hidden 480, 20 heads, intermediate
@@ -67,12 +67,12 @@ from Bio import SeqIO
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bacflow.embedding_stage import EmbeddingSettings  # noqa: E402
-from bacflow.esm_embed import Embedder  # noqa: E402
-from bacflow.esm_encoder import EsmEncoder  # noqa: E402
-from bacflow.esm_model import load_esm  # noqa: E402
-from bacflow.seqhash import normalise_protein  # noqa: E402
-from bacflow.tiny_models import ESM2_GEOMETRIES, build_esm2  # noqa: E402
+from bacflow.embeddings.stage import EmbeddingSettings  # noqa: E402
+from bacflow.embeddings.embedder import Embedder  # noqa: E402
+from bacflow.embeddings.esm_encoder import EsmEncoder  # noqa: E402
+from bacflow.embeddings.esm_model import load_esm  # noqa: E402
+from bacflow.core.seqhash import normalise_protein  # noqa: E402
+from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 PROTEINS = DATA / "drafts" / "Paracoccus_sp_SCN68-21_MAG_MEES01.cds_translations.faa.gz"
@@ -160,8 +160,8 @@ def timed(embed: Callable[[list[str]], np.ndarray], proteins: list[str], device:
 
 
 def dedup_factor() -> dict[str, float]:
-    from bacflow.proteins import AnnotationParams, annotate_genome
-    from bacflow.samples import read_samples
+    from bacflow.proteins.annotate import AnnotationParams, annotate_genome
+    from bacflow.core.samples import read_samples
 
     # The cohort's sheet gives paths relative to data/ (see its SOURCES.md), not to the sheet's folder.
     sheet = REPO / "bench" / "work" / "esm" / "cohort_samples.tsv"

@@ -8,7 +8,7 @@ Both sides cluster the same unique sequences with the same parameters (bacflow's
 
 * ``plain``: ``mmseqs easy-linclust plain.fasta ...`` on a FASTA of the unique sequences, in the order
   bacflow gives them to MMseqs2 (ascending seq_hash), named by seq_hash;
-* ``bacflow``: a fresh Python process calling ``bacflow.families.build_families`` on the unique-sequence
+* ``bacflow``: a fresh Python process calling ``bacflow.families.stage.build_families`` on the unique-sequence
   buckets, as the ``families_cluster`` rule does: reading and checking the buckets, MMseqs2, ranking,
   the vocabulary (representatives FASTA and MMseqs2 database, id and member tables) and
   ``families.parquet``.
@@ -64,9 +64,9 @@ import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from bacflow import mmseqs  # noqa: E402
-from bacflow.families import FamilyParams, build_families, iter_sorted  # noqa: E402
-from bacflow.unique import sequence_buckets  # noqa: E402
+from bacflow.families import mmseqs  # noqa: E402
+from bacflow.families.stage import FamilyParams, build_families, iter_sorted  # noqa: E402
+from bacflow.proteins.unique import sequence_buckets  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "families"
 RESULTS = REPO / "bench" / "results"
@@ -112,7 +112,7 @@ def make_cohort(data: Path, cores: int) -> tuple[list[Path], int]:
 
 
 def make_example(data: Path) -> list[Path]:
-    """Unique-sequence buckets of MMseqs2's example database, made with bacflow.unique."""
+    """Unique-sequence buckets of MMseqs2's example database, made with bacflow.proteins.unique."""
     folder = WORK / "mmseqs-example"
     paths = [folder / f"bucket={bucket:04d}.parquet" for bucket in range(8)]
     if all(path.exists() for path in paths):
@@ -241,7 +241,7 @@ def time_split(log: Path) -> dict[str, float]:
         if message.startswith("running "):
             module = message.split()[2]
             end = next(
-                (float(s) for s, n, m in lines[index + 1 :] if n != "bacflow.mmseqs" or m.startswith("running ")),
+                (float(s) for s, n, m in lines[index + 1 :] if n != "bacflow.families.mmseqs" or m.startswith("running ")),
                 float(lines[-1][0]),
             )
             split[f"mmseqs {module}"] = split.get(f"mmseqs {module}", 0.0) + end - float(stamp)

@@ -3,9 +3,9 @@
 
 What it measures
 ----------------
-One optimizer step of the masked objective exactly as `bacflow.pretrain` trains: examples built by
-`bacflow.masking.pretraining_example` (15 % of the proteins targets, 87.5 % of those masked), padded by
-`bacflow.bacformer_inputs.collate_inputs`, the model in training mode (dropout on), forward, backward,
+One optimizer step of the masked objective exactly as `bacflow.pretrain.trainer` trains: examples built by
+`bacflow.pretrain.masking.pretraining_example` (15 % of the proteins targets, 87.5 % of those masked), padded by
+`bacflow.bacformer.inputs.collate_inputs`, the model in training mode (dropout on), forward, backward,
 gradient clipping at 2.0 and an AdamW step (weight decay 0.01). Tokens are the example's tokens (CLS,
 proteins, separators, END); a genome of n proteins on 10 contigs has n + 12. One genome per step.
 
@@ -56,9 +56,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bacflow.bacformer_inputs import collate_inputs  # noqa: E402
-from bacflow.masking import ExampleParams, pretraining_example  # noqa: E402
-from bacflow.modeling_bacformer import IGNORE_INDEX, BacformerConfig, BacformerForMaskedGM  # noqa: E402
+from bacflow.bacformer.inputs import collate_inputs  # noqa: E402
+from bacflow.pretrain.masking import ExampleParams, pretraining_example  # noqa: E402
+from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, BacformerConfig, BacformerForMaskedGM  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 GEOMETRIES = {

@@ -12,7 +12,7 @@ draft, one with genetic code 4; no GenBank, so every path does gene calling) goe
   as bacflow's, without its tables, hashing, QC and I/O.
 * ``baseline_threads2``: the baseline over a pool of 2 threads (one genome per task). Compared with
   ``baseline`` it tells whether pyrodigal releases the GIL, i.e. whether threads scale at all.
-* ``library_threads1`` / ``library_threads2``: ``bacflow.proteins.annotate_shard(samples, params,
+* ``library_threads1`` / ``library_threads2``: ``bacflow.proteins.annotate.annotate_shard(samples, params,
   threads=1|2)`` on the whole set: reading, gene calling, protein rows, hashes, QC and the Arrow tables.
 * ``snakemake_cores1`` / ``snakemake_cores2``: the whole ``proteins`` target of the workflow in a fresh
   folder (``snakemake --cores 1|2 --set-threads proteins_shard=1``, ``shard_size`` such that the set
@@ -81,8 +81,8 @@ def load_bacflow(root: Path) -> None:
     global CODE, PROTEIN_SCHEMA, AnnotationParams, annotate_genome, annotate_shard, Sample
     CODE = root
     sys.path.insert(0, str(root))
-    from bacflow.proteins import PROTEIN_SCHEMA, AnnotationParams, annotate_genome, annotate_shard
-    from bacflow.samples import Sample
+    from bacflow.proteins.annotate import PROTEIN_SCHEMA, AnnotationParams, annotate_genome, annotate_shard
+    from bacflow.core.samples import Sample
 
     if not Path(sys.modules["bacflow"].__file__).is_relative_to(root):
         raise SystemExit(f"bacflow was imported from {sys.modules['bacflow'].__file__}, not from {root}")

@@ -4,17 +4,17 @@ bacformer.smk)."""
 import dataclasses
 import functools
 
-from bacflow.bacformer_model import (
+from bacflow.bacformer.model import (
     FOLDER_FILES,
     hidden_size,
     output_name,
     pretrain_model_folder,
     pretrain_run,
 )
-from bacflow.bacformer_stage import BacformerSettings
-from bacflow.errors import InputError
-from bacflow.esm_model import planned_model, resolve_model
-from bacflow.tiny_models import ESM2_GEOMETRIES
+from bacflow.bacformer.stage import BacformerSettings
+from bacflow.core.errors import InputError
+from bacflow.core.models import planned_model, resolve_model
+from bacflow.embeddings.tiny import ESM2_GEOMETRIES
 
 BACFORMER = config["bacformer"]
 # "pretrain" alone names this config's pretraining run, whose model/ folder rule pretrain_train makes.

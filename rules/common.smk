@@ -2,9 +2,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from bacflow.errors import InputError
-from bacflow.samples import assign_shards, read_samples
-from bacflow.schemas import check_config
+from bacflow.core.errors import InputError
+from bacflow.core.samples import assign_shards, read_samples
+from bacflow.core.schemas import check_config
 
 try:
     check_config(config)

@@ -1,7 +1,7 @@
 import functools
 
-from bacflow.embedding_stage import EmbeddingSettings
-from bacflow.esm_model import planned_model
+from bacflow.embeddings.stage import EmbeddingSettings
+from bacflow.core.models import planned_model
 
 ESM = config["embeddings"]
 EMBEDDINGS = OUTDIR / "embeddings"

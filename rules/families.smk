@@ -1,4 +1,4 @@
-from bacflow.families import VOCAB_FILES, FamilyParams, check_vocab
+from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
 
 FAMILY_PARAMS = FamilyParams.from_config(config["families"])
 FAMILY_VOCAB = config["families"]["vocab"]

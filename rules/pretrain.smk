@@ -1,4 +1,4 @@
-from bacflow.pretrain_data import SPLITS, assign_splits, required_splits, splits_drawn
+from bacflow.pretrain.data import SPLITS, assign_splits, required_splits, splits_drawn
 
 PRETRAIN = config["pretrain"]
 PRETRAIN_DIR = OUTDIR / "pretrain" / PRETRAIN["run"]

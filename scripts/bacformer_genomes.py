@@ -1,5 +1,5 @@
-from bacflow.bacformer_tables import gather_genomes
-from bacflow.logs import logging_to
+from bacflow.bacformer.tables import gather_genomes
+from bacflow.core.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
     count = gather_genomes(snakemake.input.genomes, snakemake.output[0], snakemake.input.proteins)

@@ -1,5 +1,5 @@
-from bacflow.bacformer_stage import BacformerSettings, bacformer_shard
-from bacflow.logs import logging_to
+from bacflow.bacformer.stage import BacformerSettings, bacformer_shard
+from bacflow.core.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
     counts = bacformer_shard(

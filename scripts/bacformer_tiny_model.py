@@ -1,5 +1,5 @@
-from bacflow.bacformer_model import build_tiny_bacformer
-from bacflow.logs import logging_to
+from bacflow.bacformer.model import build_tiny_bacformer
+from bacflow.core.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
     folder = build_tiny_bacformer(snakemake.output[0], snakemake.params.hidden_size)

@@ -1,5 +1,5 @@
-from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
-from bacflow.logs import logging_to
+from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
+from bacflow.core.logs import logging_to
 
 with logging_to(snakemake.log[0]) as log:
     # checkpoint_sequences comes from the config, not params: it changes no vector, so it must not re-run jobs.

@@ -1,5 +1,5 @@
-from bacflow.families import family_qc
-from bacflow.logs import logging_to
+from bacflow.families.stage import family_qc
+from bacflow.core.logs import logging_to
 
 with logging_to(snakemake.log[0]):
     family_qc(

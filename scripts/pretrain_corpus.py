@@ -1,5 +1,5 @@
-from bacflow.logs import logging_to
-from bacflow.pretrain_data import SPLITS, summarize_corpus
+from bacflow.core.logs import logging_to
+from bacflow.pretrain.data import SPLITS, summarize_corpus
 
 with logging_to(snakemake.log[0]):
     parts = {split: snakemake.input[split] for split in SPLITS}

@@ -1,5 +1,5 @@
-from bacflow.logs import logging_to
-from bacflow.pretrain_data import SPLITS, build_corpus_shard
+from bacflow.core.logs import logging_to
+from bacflow.pretrain.data import SPLITS, build_corpus_shard
 
 with logging_to(snakemake.log[0]):
     outputs = {split: snakemake.output[split] for split in SPLITS}

@@ -1,5 +1,5 @@
-from bacflow.logs import logging_to
-from bacflow.pretrain import PretrainParams, launch
+from bacflow.core.logs import logging_to
+from bacflow.pretrain.trainer import PretrainParams, launch
 
 with logging_to(snakemake.log[0]):
     params = PretrainParams.from_config(snakemake.params.pretrain)

@@ -1,5 +1,5 @@
-from bacflow.logs import logging_to
-from bacflow.stages import proteins_shard
+from bacflow.core.logs import logging_to
+from bacflow.proteins.stage import proteins_shard
 
 with logging_to(snakemake.log[0]):
     proteins_shard(

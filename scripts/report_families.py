@@ -1,4 +1,4 @@
-from bacflow.logs import logging_to
+from bacflow.core.logs import logging_to
 from bacflow.report import family_sizes
 
 with logging_to(snakemake.log[0]):

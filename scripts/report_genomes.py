@@ -1,4 +1,4 @@
-from bacflow.logs import logging_to
+from bacflow.core.logs import logging_to
 from bacflow.report import proteins_per_genome, qc_flags
 
 with logging_to(snakemake.log[0]):

@@ -1,5 +1,5 @@
-from bacflow.logs import logging_to
-from bacflow.unique import gather_bucket
+from bacflow.core.logs import logging_to
+from bacflow.proteins.unique import gather_bucket
 
 with logging_to(snakemake.log[0]) as log:
     bucket = int(snakemake.wildcards.bucket)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from bacflow.modeling_bacformer import BacformerConfig, BacformerPreTrainedModel
+from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerPreTrainedModel
 
 REFERENCE_VENV = Path(os.environ.get("BACFLOW_REFERENCE_VENV", Path.home() / ".cache" / "bacflow" / "reference-venv"))
 ORACLE = Path(__file__).with_name("reference_oracle.py")

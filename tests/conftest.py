@@ -16,10 +16,10 @@ from typing import Callable
 
 import pytest
 
-from bacflow.assembly import read_assembly
-from bacflow.proteins import AnnotationParams, GenomeProteins, annotate_genome
-from bacflow.samples import Sample
-from bacflow.seqhash import HASH_HEX_DIGITS, seq_hash
+from bacflow.proteins.assembly import read_assembly
+from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome
+from bacflow.core.samples import Sample
+from bacflow.core.seqhash import HASH_HEX_DIGITS, seq_hash
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PYRODIGAL_DATA = Path(str(files("pyrodigal").joinpath("tests", "data")))
@@ -45,7 +45,7 @@ def make_sample(
     kind: str = "draft",
     gff: str | Path | None = None,
 ) -> Sample:
-    """A sample-sheet row as `bacflow.samples.read_samples` would give it."""
+    """A sample-sheet row as `bacflow.core.samples.read_samples` would give it."""
     return Sample(
         genome_id=genome_id,
         path=str(path),
@@ -160,6 +160,6 @@ def annotated() -> Callable[..., GenomeProteins]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # bacflow.genecall silences pyrodigal's short-training warning at import (QC records it instead), but
+    # bacflow.proteins.genecall silences pyrodigal's short-training warning at import (QC records it instead), but
     # pytest re-applies its own warning filters around each test, which would bring it back.
     config.addinivalue_line("filterwarnings", "ignore:sequence should be at least:UserWarning")

@@ -17,8 +17,8 @@ import torch
 from Bio import SeqIO
 from transformers import EsmModel, EsmTokenizer
 
-from bacflow.seqhash import normalise_protein
-from bacflow.tiny_models import build_esm2
+from bacflow.core.seqhash import normalise_protein
+from bacflow.embeddings.tiny import build_esm2
 from conftest import SHARED_DATA
 
 CT_D_PROTEINS = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.cds_translations.faa.gz"

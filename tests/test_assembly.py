@@ -14,9 +14,9 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqFeature import Location
 
-from bacflow.assembly import read_assembly
-from bacflow.genecall import GeneCallingParams, call_genes
-from bacflow.proteins import AnnotationParams, annotate_genome, annotate_shard
+from bacflow.proteins.assembly import read_assembly
+from bacflow.proteins.genecall import GeneCallingParams, call_genes
+from bacflow.proteins.annotate import AnnotationParams, annotate_genome, annotate_shard
 from conftest import (
     CT_114V1_FASTA,
     CT_114V1_PRODIGAL_GFF,

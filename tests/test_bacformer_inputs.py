@@ -1,4 +1,4 @@
-"""bacflow.bacformer_inputs: golden examples of the reference's builder, parity with it, collate, windows."""
+"""bacflow.bacformer.inputs: golden examples of the reference's builder, parity with it, collate, windows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bacflow.bacformer_inputs import (
+from bacflow.bacformer.inputs import (
     collate_inputs,
     embed_genome_windowed,
     genome_tokens,
@@ -16,7 +16,7 @@ from bacflow.bacformer_inputs import (
     window_owners,
     window_spans,
 )
-from bacflow.modeling_bacformer import SPECIAL_TOKENS, BacformerModel
+from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerModel
 from bacformer_helpers import max_abs_diff, randomize, reference_python, run_reference, tiny_config  # noqa: F401
 
 #: Windowed outputs against single runs of the same window: fp32, the same tiny model.

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bacflow.bacformer_inputs import embed_genome_windowed, protein_embeddings_to_inputs
-from bacflow.bacformer_model import (
+from bacflow.bacformer.inputs import embed_genome_windowed, protein_embeddings_to_inputs
+from bacflow.bacformer.model import (
     FOLDER_FILES,
     build_tiny_bacformer,
     load_bacformer,
@@ -21,12 +21,12 @@ from bacflow.bacformer_model import (
     pretrain_run,
     separator_id,
 )
-from bacflow.bacformer_stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome
-from bacflow.bacformer_tables import MODEL_KEY, gather_genomes, model_identity
-from bacflow.embedding_store import vector_array
-from bacflow.errors import InputError
-from bacflow.esm_model import resolve_model
-from bacflow.modeling_bacformer import BacformerModel
+from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome
+from bacflow.bacformer.tables import MODEL_KEY, gather_genomes, model_identity
+from bacflow.embeddings.store import vector_array
+from bacflow.core.errors import InputError
+from bacflow.core.models import resolve_model
+from bacflow.bacformer.modeling_bacformer import BacformerModel
 from bacformer_helpers import max_abs_diff, randomize, tiny_config
 
 #: fp32 outputs of the same inputs through differently padded batches (padded keys are masked).
@@ -73,7 +73,7 @@ def test_windowed_long_genome_gives_every_protein_a_vector_matching_truncation_a
     far = plan.owners[plan.protein_positions] == 0
     assert far.sum() > 20 and (plan.spans[0][1] - 1 - plan.protein_positions[far]).min() >= OVERLAP // 2
     assert np.abs(windowed.vectors[far] - truncated.vectors[far]).max() <= TOLERANCE
-    # The stage's windows are the reference runner's (bacflow.bacformer_inputs), batched or not.
+    # The stage's windows are the reference runner's (bacflow.bacformer.inputs), batched or not.
     reference = embed_genome_windowed(model, contigs, max_n_proteins=LIMIT, overlap=OVERLAP)
     for budget in (1, 10**6):
         (_,), (result,) = run(model, [contigs], budget=budget, mode="windowed")

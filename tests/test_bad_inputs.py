@@ -15,13 +15,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from bacflow.assembly import read_assembly
-from bacflow.errors import InputError
-from bacflow.families import iter_sorted
-from bacflow.proteins import AnnotationParams, GenomeProteins, annotate_genome, annotate_shard
-from bacflow.samples import Sample
-from bacflow.tables import write_parquet
-from bacflow.unique import gather_bucket, shard_unique
+from bacflow.proteins.assembly import read_assembly
+from bacflow.core.errors import InputError
+from bacflow.families.stage import iter_sorted
+from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome, annotate_shard
+from bacflow.core.samples import Sample
+from bacflow.core.tables import write_parquet
+from bacflow.proteins.unique import gather_bucket, shard_unique
 from conftest import PYRODIGAL_DATA, SHARED_DATA, SMALL_GENOME, gunzip_text, make_sample, needs_shared
 
 KK037166 = PYRODIGAL_DATA / "KK037166.fna.gz"  # 20,000 bp of a Kutzneria scaffold

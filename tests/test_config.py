@@ -1,9 +1,9 @@
-"""The workflow's config check (`bacflow.schemas.check_config`); its messages, as Snakemake shows them, are
+"""The workflow's config check (`bacflow.core.schemas.check_config`); its messages, as Snakemake shows them, are
 tested in test_workflow.py."""
 
 from __future__ import annotations
 
-from bacflow.schemas import check_config
+from bacflow.core.schemas import check_config
 
 
 def test_text_values_mean_what_they_mean_in_a_config_file():

@@ -15,9 +15,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow.bacformer_model import build_tiny_bacformer, output_name
+from bacflow.bacformer.model import build_tiny_bacformer, output_name
 from bacflow.demo import write_demo_sheet
-from bacflow.tables import read_metadata
+from bacflow.core.tables import read_metadata
 from conftest import SMALL_GENOME
 from workflow_helpers import REPO, SNAKEMAKE, snakemake, write_sheet
 

@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import EsmTokenizer
 
-from bacflow.embedding_stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard, pending_shards
-from bacflow.errors import InputError
-from bacflow.esm_embed import PROBE_SEQUENCE
-from bacflow.esm_encoder import EsmEncoder
-from bacflow.seqhash import seq_hash
-from bacflow.unique import gather_bucket, shard_unique
+from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard, pending_shards
+from bacflow.core.errors import InputError
+from bacflow.embeddings.embedder import PROBE_SEQUENCE
+from bacflow.embeddings.esm_encoder import EsmEncoder
+from bacflow.core.seqhash import seq_hash
+from bacflow.proteins.unique import gather_bucket, shard_unique
 from conftest import needs_shared
 from esm_helpers import CT_D_PROTEINS, read_fasta, tiny_esm  # noqa: F401 (fixture)
 
@@ -188,13 +188,13 @@ def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, ti
 
 KILLABLE = """
 import json, sys, time
-from bacflow.esm_encoder import EsmEncoder
+from bacflow.embeddings.esm_encoder import EsmEncoder
 forward = EsmEncoder.__call__
 def slow(self, *args):
     time.sleep(0.2)  # slow enough to be killed midway
     return forward(self, *args)
 EsmEncoder.__call__ = slow
-from bacflow.embedding_stage import EmbeddingSettings, embed_bucket
+from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
 args = json.loads(sys.argv[1])
 embed_bucket(args["bucket"], args["unique"], args["out"], gathered_paths={shard: "none" for shard in args["unique"]}, bucket=0,
              n_buckets=1, model=args["model"], revision=None, store_root=args["store"], settings=EmbeddingSettings(**args["settings"]))

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bacflow.tables import read_metadata
-from bacflow.tiny_models import build_esm2
+from bacflow.core.tables import read_metadata
+from bacflow.embeddings.tiny import build_esm2
 from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, SNAKEMAKE, needs_shared, snakemake, workflow_rules, write_sheet
 
 pytestmark = needs_shared

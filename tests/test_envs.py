@@ -179,7 +179,7 @@ def test_import_scan_follows_the_package(tmp_path: Path):
     """The scan sees through the package into third-party imports, skips optional ones and the stdlib."""
     script = tmp_path / "script.py"
     script.write_text(
-        "import os\nfrom typing import TYPE_CHECKING\nfrom bacflow.stages import proteins_shard\n"
+        "import os\nfrom typing import TYPE_CHECKING\nfrom bacflow.proteins.stage import proteins_shard\n"
         "if TYPE_CHECKING:\n    import numpy\ntry:\n    import torch\nexcept ImportError:\n    torch = None\n"
         "def f():\n    import pandas\n    return ['mmseqs', 'easy-cluster']\n"
     )

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import EsmTokenizer
 
-from bacflow.errors import InputError
-from bacflow.esm_embed import EmbeddedBatch, Embedder, EsmTokens
-from bacflow.esm_encoder import EsmEncoder
-from bacflow.esm_model import load_esm
-from bacflow.seqhash import PROTEIN_LETTERS
-from bacflow.tiny_models import build_esm2
+from bacflow.core.errors import InputError
+from bacflow.embeddings.embedder import EmbeddedBatch, Embedder, EsmTokens
+from bacflow.embeddings.esm_encoder import EsmEncoder
+from bacflow.embeddings.esm_model import load_esm
+from bacflow.core.seqhash import PROTEIN_LETTERS
+from bacflow.embeddings.tiny import build_esm2
 from conftest import needs_shared
 from esm_helpers import real_proteins, reference_vectors, tiny_esm  # noqa: F401 (fixture)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import EsmConfig, EsmModel, EsmTokenizer
 
-from bacflow.errors import InputError
-from bacflow.esm_encoder import EsmEncoder
-from bacflow.esm_model import load_esm
-from bacflow.tiny_models import build_esm2
+from bacflow.core.errors import InputError
+from bacflow.embeddings.esm_encoder import EsmEncoder
+from bacflow.embeddings.esm_model import load_esm
+from bacflow.embeddings.tiny import build_esm2
 from conftest import needs_shared
 from esm_helpers import real_proteins, tiny_esm  # noqa: F401 (fixture)
 

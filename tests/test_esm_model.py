@@ -13,10 +13,11 @@ from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
-from bacflow.errors import InputError
-from bacflow.esm_model import choose_device, folder_checksum, load_esm, resolve_model
-from bacflow.esm_recipe import EmbeddingRecipe
-from bacflow.tiny_models import ESM2_VOCAB, build_esm2
+from bacflow.core.errors import InputError
+from bacflow.core.models import choose_device, folder_checksum, resolve_model
+from bacflow.embeddings.esm_model import load_esm
+from bacflow.embeddings.recipe import EmbeddingRecipe
+from bacflow.embeddings.tiny import ESM2_VOCAB, build_esm2
 from esm_helpers import tiny_esm  # noqa: F401 (fixture)
 
 HUB_ID = "bacflow-tests/esm2-tiny"

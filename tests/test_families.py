@@ -1,4 +1,4 @@
-"""Protein families (bacflow.families) on real sequences: equality with plain MMseqs2, the vocabulary,
+"""Protein families (bacflow.families.stage) on real sequences: equality with plain MMseqs2, the vocabulary,
 reproducibility, assignment to a frozen vocabulary, per-genome QC, and bad input."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow import mmseqs
-from bacflow.errors import InputError
-from bacflow.families import (
+from bacflow.families import mmseqs
+from bacflow.core.errors import InputError
+from bacflow.families.stage import (
     FAMILY_QC_SCHEMA,
     FamilyParams,
     assign_families,
@@ -24,9 +24,9 @@ from bacflow.families import (
     family_qc,
     iter_sorted,
 )
-from bacflow.seqhash import PROTEIN_LETTERS, seq_hash
-from bacflow.tables import read_metadata
-from bacflow.unique import UNIQUE_SCHEMA, sequence_buckets
+from bacflow.core.seqhash import PROTEIN_LETTERS, seq_hash
+from bacflow.core.tables import read_metadata
+from bacflow.proteins.unique import UNIQUE_SCHEMA, sequence_buckets
 from conftest import SHARED_DATA, needs_shared
 
 MMSEQS_EXAMPLE = SHARED_DATA / "mmseqs2" / "DB.fasta.gz"

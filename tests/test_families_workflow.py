@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bacflow.tables import read_metadata
+from bacflow.core.tables import read_metadata
 from workflow_helpers import SHARED_DATA, needs_shared, planned_jobs, snakemake, write_sheet
 
 COHORT = SHARED_DATA / "cohort"

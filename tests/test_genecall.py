@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bacflow.assembly import read_assembly
-from bacflow.genecall import CalledGene, GeneCallingParams, call_genes
-from bacflow.proteins import AnnotationParams, annotate_genome
+from bacflow.proteins.assembly import read_assembly
+from bacflow.proteins.genecall import CalledGene, GeneCallingParams, call_genes
+from bacflow.proteins.annotate import AnnotationParams, annotate_genome
 from conftest import (
     CT_114V1_FASTA,
     CT_114V1_PRODIGAL_GFF,
@@ -33,7 +33,7 @@ REFERENCE_OUTPUTS = SHARED_DATA / "reference_outputs"
 
 
 def called(path: Path, mode: str, mask: bool) -> list[tuple[ReferenceGene, str]]:
-    """Genes that `bacflow.genecall.call_genes` finds in the assembly at `path` with genetic code 11 (as
+    """Genes that `bacflow.proteins.genecall.call_genes` finds in the assembly at `path` with genetic code 11 (as
     all these references used), as (gene, protein)."""
     contigs = read_assembly(path).contigs
     genes = call_genes(contigs, 11, mode, GeneCallingParams(mask=mask))

@@ -1,4 +1,4 @@
-"""`bacflow.logs.logging_to`, which every workflow script runs in: bad input ends the job with its one-line
+"""`bacflow.core.logs.logging_to`, which every workflow script runs in: bad input ends the job with its one-line
 message (log and stderr) and no traceback; any other error keeps its traceback, for a bug report."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 _SCRIPT = textwrap.dedent(
     """
     import sys
-    from bacflow.errors import InputError
-    from bacflow.logs import logging_to
+    from bacflow.core.errors import InputError
+    from bacflow.core.logs import logging_to
 
     with logging_to(sys.argv[1]):
         raise {error}("sheet.tsv, line 3: something is wrong")

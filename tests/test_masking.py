@@ -1,4 +1,4 @@
-"""Pretraining examples (bacflow.masking) against the reference's transform (bacformer 0.2.0 ``transform_sample``
+"""Pretraining examples (bacflow.pretrain.masking) against the reference's transform (bacformer 0.2.0 ``transform_sample``
 and ``mask_prot_embs``, run in its own environment) and against the counts and rules of reference/bacformer.md
 section 4: sequence construction, truncation, masking counts for n = 1000 and for genomes under 8 proteins,
 unlabelled proteins, dynamic masking, contig shuffling and the causal objective."""
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from bacflow.masking import ExampleParams, genome_tokens, mask_proteins, pretraining_example, shuffled_contigs
-from bacflow.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
+from bacflow.pretrain.masking import ExampleParams, genome_tokens, mask_proteins, pretraining_example, shuffled_contigs
+from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
 from bacformer_helpers import reference_python  # noqa: F401 (fixture)
 
 MASK, PROT, SEP, CLS, END = (SPECIAL_TOKENS[name] for name in ("MASK", "PROT_EMB", "SEP", "CLS", "END"))

@@ -1,4 +1,4 @@
-"""bacflow.modeling_bacformer: geometry, rotary tables, loading, heads, and parity with the reference package.
+"""bacflow.bacformer.modeling_bacformer: geometry, rotary tables, loading, heads, and parity with the reference package.
 
 Parity tests run the reference implementation (``bacformer==0.2.0``) in its own environment (see
 ``bacformer_helpers.py``) on the same random weights, in both directions: checkpoints saved here and loaded
@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-from bacflow.bacformer_inputs import collate_inputs, protein_embeddings_to_inputs
-from bacflow.modeling_bacformer import (
+from bacflow.bacformer.inputs import collate_inputs, protein_embeddings_to_inputs
+from bacflow.bacformer.modeling_bacformer import (
     SPECIAL_TOKENS,
     BacformerConfig,
     BacformerForCausalGM,

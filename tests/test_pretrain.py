@@ -26,10 +26,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bacflow.errors import InputError
-from bacflow.modeling_bacformer import BacformerConfig, BacformerForMaskedGM, SPECIAL_TOKENS
-from bacflow.pretrain import PretrainParams, launch_command, make_model, newest_checkpoint, train
-from bacflow.pretrain_data import (
+from bacflow.core.errors import InputError
+from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForMaskedGM, SPECIAL_TOKENS
+from bacflow.pretrain.trainer import PretrainParams, launch_command, make_model, newest_checkpoint, train
+from bacflow.pretrain.data import (
     SPLITS,
     assign_splits,
     build_corpus_shard,
@@ -37,8 +37,8 @@ from bacflow.pretrain_data import (
     splits_drawn,
     summarize_corpus,
 )
-from bacflow.pretrain_dataset import CorpusIndex, EpochSampler, GenomeDataset
-from bacflow.samples import Sample
+from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset
+from bacflow.core.samples import Sample
 from bacformer_helpers import reference_python  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,7 +286,7 @@ _DRIVER = textwrap.dedent(
     import json, logging, os, signal, sys
     import torch
     from transformers import TrainerCallback
-    from bacflow.pretrain import PretrainParams, train
+    from bacflow.pretrain.trainer import PretrainParams, train
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
@@ -457,7 +457,7 @@ def test_launch_commands():
     spec = Path("run.json")
     single = launch_command(spec, gpus=4, nodes=1, environ={})
     assert single[1:] == [
-        "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "bacflow.pretrain", "run.json"
+        "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "bacflow.pretrain.trainer", "run.json"
     ]
     nodes = launch_command(spec, gpus=8, nodes=2, environ={"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu01"})
     assert nodes[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gpus-per-node=8"]

@@ -23,8 +23,8 @@ import torch
 import yaml
 from transformers import AutoModel
 
-from bacflow.bacformer_model import load_bacformer, separator_id
-from bacflow.modeling_bacformer import BacformerForCausalGM
+from bacflow.bacformer.model import load_bacformer, separator_id
+from bacflow.bacformer.modeling_bacformer import BacformerForCausalGM
 from bacformer_helpers import max_abs_diff, reference_python, run_reference  # noqa: F401 (fixture)
 from workflow_helpers import SHARED_DATA, needs_shared, snakemake
 

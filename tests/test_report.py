@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow import report
-from bacflow.bacformer_tables import MODEL_KEY, genome_schema
-from bacflow.embedding_stage import RECIPE
-from bacflow.embedding_store import vector_array
+from bacflow.bacformer.tables import MODEL_KEY, genome_schema
+from bacflow.embeddings.stage import RECIPE
+from bacflow.embeddings.store import vector_array
 
 DIM = 6
 

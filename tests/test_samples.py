@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bacflow.errors import InputError
-from bacflow.samples import Sample, assign_shards, read_samples
+from bacflow.core.errors import InputError
+from bacflow.core.samples import Sample, assign_shards, read_samples
 from conftest import PYRODIGAL_DATA, SMALL_GENOME, make_sample
 
 HEADER = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split")

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow.scratch import scratch_dir
-from bacflow.tables import parquet_writer, read_metadata, remove_stale_shards, write_parquet
+from bacflow.core.scratch import scratch_dir
+from bacflow.core.tables import parquet_writer, read_metadata, remove_stale_shards, write_parquet
 
 TABLE = pa.table({"genome_id": ["a", "b"], "n": [1, 2]})
 

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow.tables import read_metadata
+from bacflow.core.tables import read_metadata
 from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, needs_shared, planned_jobs, snakemake, write_sheet
 
 

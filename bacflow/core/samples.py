@@ -1,0 +1,128 @@
+"""The sample sheet: one row per genome, validated before any job is scheduled.
+
+Columns (JSON schema: ``bacflow/schemas/samples.schema.yaml``): ``genome_id`` (unique, safe characters),
+``path``, optional ``gff``, ``genetic_code`` (default 11), ``kind`` (``complete``, ``draft`` or ``mag``;
+default ``draft``), ``group`` (default: the genome_id) and ``split`` (``train``, ``val``, ``test`` or
+empty). The sheet is tab-separated, or comma-separated when its name ends in ``.csv``. Relative paths
+are taken relative to the folder of the sheet, so a sheet can travel with its genomes. Other columns
+are allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pyrodigal
+
+from bacflow.core.errors import InputError
+from bacflow.core.schemas import SAMPLES_SCHEMA, filling_validator, load_schema
+
+#: The NCBI translation tables genes can be called with: pyrodigal's (it lacks 27, 28 and 31); the sample
+#: sheet takes no others.
+GENETIC_CODES = tuple(sorted(pyrodigal.TRANSLATION_TABLES))
+
+
+@dataclass(frozen=True)
+class Sample:
+    genome_id: str
+    path: str
+    gff: str | None
+    genetic_code: int
+    kind: str
+    group: str
+    split: str | None
+
+
+def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) -> list[Sample]:
+    """Read and validate a sample sheet; the first problem found raises one `InputError` naming its line."""
+    sheet = Path(sheet)
+    try:
+        # utf-8-sig: spreadsheet programs on Windows start the file with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(sheet, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter="," if sheet.suffix == ".csv" else "\t")
+            # Blank lines are skipped, so each row keeps its own line number: messages must name the
+            # line the user sees in an editor.
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except OSError as error:
+        raise InputError(f"{sheet}: cannot read the sample sheet ({error.strerror})") from None
+    if not rows:
+        raise InputError(f"{sheet}: the sample sheet is empty")
+    header_line, header = rows[0][0], [cell.strip() for cell in rows[0][1]]
+    for required in ("genome_id", "path"):
+        if required not in header:
+            raise InputError(
+                f"{sheet}, line {header_line} (header): no '{required}' column (columns: {', '.join(header)})"
+            )
+    if len(rows) == 1:
+        raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
+    schema = load_schema(schema_path)
+    schema["properties"]["genetic_code"]["enum"] = list(GENETIC_CODES)
+    validator = filling_validator(schema)
+    samples, first_line_of = [], {}
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise InputError(f"{sheet}, line {line}: {len(row)} columns where the header has {len(header)}")
+        record: dict[str, Any] = {
+            name: cell.strip() for name, cell in zip(header, row) if name in _COLUMNS and cell.strip()
+        }
+        if "genetic_code" in record and record["genetic_code"].isdigit():
+            record["genetic_code"] = int(record["genetic_code"])
+        where = f"{sheet}, line {line} (genome_id '{record.get('genome_id', '')}')"
+        error = jsonschema.exceptions.best_match(validator.iter_errors(record))
+        if error is not None:
+            column = error.path[0] if error.path else (error.message.split("'")[1] if "'" in error.message else "?")
+            raise InputError(f"{where}, column '{column}': {error.message}")
+        if record["genome_id"] in first_line_of:
+            raise InputError(
+                f"{where}, column 'genome_id': duplicate of line {first_line_of[record['genome_id']]}"
+            )
+        first_line_of[record["genome_id"]] = line
+        for column in ("path", "gff"):
+            if column in record:
+                record[column] = str(_readable(sheet.parent / record[column], f"{where}, column '{column}'"))
+        samples.append(
+            Sample(
+                genome_id=record["genome_id"],
+                path=record["path"],
+                gff=record.get("gff"),
+                genetic_code=record["genetic_code"],
+                kind=record["kind"],
+                group=record.get("group", record["genome_id"]),
+                split=record.get("split"),
+            )
+        )
+    return samples
+
+
+_COLUMNS = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split")
+
+
+def _readable(path: Path, where: str) -> Path:
+    path = Path(os.path.normpath(path))
+    if path.is_dir():
+        raise InputError(f"{where}: a folder, not a file: {path}")
+    if not path.is_file():
+        raise InputError(f"{where}: file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{where}: file not readable: {path}")
+    return path
+
+
+def assign_shards(samples: list[Sample], shard_size: int) -> dict[str, list[Sample]]:
+    """Cut the sheet, in its own order, into shards of `shard_size` genomes named ``00000``, ``00001``...
+
+    Genomes appended to the end of a sheet therefore change only the last shard (and add new ones);
+    every other shard keeps its members and is not run again.
+    """
+    if shard_size < 1:
+        raise InputError(f"shard_size must be at least 1, not {shard_size}")
+    return {
+        f"{start // shard_size:05d}": samples[start : start + shard_size]
+        for start in range(0, len(samples), shard_size)
+    }

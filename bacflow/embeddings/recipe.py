@@ -1,0 +1,62 @@
+"""The ESM-2 embedding recipe: everything that decides a protein's vector, and the key that names its store.
+
+Two runs whose recipes have the same key give the same vectors for the same sequence (up to the
+nondeterminism of GPU kernels), so one may reuse the other's; any other pair never shares vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bacflow.core.provenance import canonical_json
+
+#: Pooling of the last hidden states: "mean" averages every token the model saw, BOS and EOS included
+#: (bacformer.pp, what Bacformer was trained on); "mean_residues" leaves BOS and EOS out (fair-esm's
+#: extract.py).
+POOLINGS = ("mean", "mean_residues")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+VECTOR_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class EmbeddingRecipe:
+    model: str  #: the hub id, or "local:<folder name>" (a label: a folder is known by its checksum)
+    revision: str  #: hub commit, or "sha256:..." of the folder's config, vocabulary and weights
+    local: bool  #: the model came from a local folder, not the hub
+    dtype: str  #: compute dtype of the model's forward pass
+    pooling: str
+    max_length: int  #: tokens, BOS and EOS included; longer proteins keep their first max_length-2 residues
+    vector_dtype: str  #: how vectors are stored
+
+    def __post_init__(self) -> None:
+        if self.dtype not in COMPUTE_DTYPES or self.vector_dtype not in VECTOR_DTYPES or self.pooling not in POOLINGS:
+            raise ValueError(f"unknown dtype, vector dtype or pooling in {self}")
+        if self.max_length < 3:
+            raise ValueError("max_length must leave room for BOS, EOS and one residue")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the vectors. A folder's name is not part of it: renamed or copied weights keep theirs."""
+        identity = asdict(self)
+        if self.local:
+            identity["model"] = None
+        return identity
+
+    @property
+    def key(self) -> str:
+        """The store folder's name: readable model name, then 16 hex digits of the identity's SHA-256."""
+        digest = hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()[:16]
+        name = "local" if self.local else re.sub(r"[^\w.-]", "_", Path(self.model).name)
+        return f"{name}-{digest}"
+
+    def description(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "key": self.key,
+            "architecture": "transformers EsmModel, last hidden state",
+            "tokens": f"<cls> + first {self.max_length - 2} residues + <eos> (EsmTokenizer)",
+            "sequence": "normalised as for seq_hash (white space removed, upper case, trailing * removed)",
+        }
