@@ -65,5 +65,5 @@ def tiny_bacformer_width():
     """The tiny model's width is the ESM-2 vectors' size: its input layer maps them to its hidden size."""
     if ESM["tiny_model"]:
         return ESM2_GEOMETRIES["tiny"]["hidden_size"]
-    model, revision = esm_model()
+    model, revision = ESM_MODEL()
     return hidden_size(resolve_model(model, revision).path)
