@@ -14,7 +14,7 @@ Hub models: there is no network here, and the product never downloads weights in
 saved in a Hugging Face cache of this session, laid out as the hub client leaves a download (refs/main
 naming a commit, snapshots/<commit>/ holding the files), under the hub ids of config/config.yaml, and every
 Snakemake run gets that cache with HF_HUB_OFFLINE=1. The workflow's own planning code
-(`bacflow.esm_model.planned_model` through huggingface_hub's `snapshot_download`) then resolves each hub id
+(`bacflow.core.models.planned_model` through huggingface_hub's `snapshot_download`) then resolves each hub id
 to that commit exactly as it resolves a real cached download, and a cache miss fails rather than fetches.
 """
 
@@ -32,12 +32,12 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from bacflow import mmseqs
-from bacflow.bacformer_model import build_tiny_bacformer
-from bacflow.families import FamilyParams, build_families
-from bacflow.proteins import GenomeProteins
-from bacflow.tiny_models import ESM2_GEOMETRIES, build_esm2
-from bacflow.unique import sequence_buckets
+from bacflow.families import mmseqs
+from bacflow.bacformer.model import build_tiny_bacformer
+from bacflow.families.stage import FamilyParams, build_families
+from bacflow.proteins.annotate import GenomeProteins
+from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2
+from bacflow.proteins.unique import sequence_buckets
 from conftest import CT_114V1_FASTA, CT_114V1_PRODIGAL_GFF, SMALL_GENOME
 from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, planned_jobs, snakemake, write_sheet
 
