@@ -53,9 +53,8 @@ def randomize(model: BacformerPreTrainedModel, seed: int) -> BacformerPreTrained
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def reference_python() -> Path:
-    """The Python of the reference's virtual environment, created on first use."""
+def reference_environment() -> Path:
+    """The Python of the reference's virtual environment, created on first use (skips the test without PyPI)."""
     python = REFERENCE_VENV / "bin" / "python"
     ready = REFERENCE_VENV / ".bacflow-ready"
     if ready.exists():

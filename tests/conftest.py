@@ -163,3 +163,19 @@ def pytest_configure(config: pytest.Config) -> None:
     # bacflow.proteins.genecall silences pyrodigal's short-training warning at import (QC records it instead), but
     # pytest re-applies its own warning filters around each test, which would bring it back.
     config.addinivalue_line("filterwarnings", "ignore:sequence should be at least:UserWarning")
+
+
+@pytest.fixture(scope="session")
+def tiny_esm(tmp_path_factory) -> Path:
+    """A tiny random ESM-2 (2 layers, width 48) in a folder, shared by the session's tests."""
+    from bacflow.embeddings.tiny import build_esm2
+
+    return build_esm2(tmp_path_factory.mktemp("models") / "esm2-tiny")
+
+
+@pytest.fixture(scope="session")
+def reference_python() -> Path:
+    """The Python of the reference Bacformer's own virtual environment (bacformer==0.2.0), the tests' oracle."""
+    from bacformer_helpers import reference_environment
+
+    return reference_environment()

@@ -63,11 +63,6 @@ def real_proteins() -> tuple[str, ...]:
     return tuple(proteins)
 
 
-@pytest.fixture(scope="session")
-def tiny_esm(tmp_path_factory) -> Path:
-    return build_esm2(tmp_path_factory.mktemp("models") / "esm2-tiny")
-
-
 def reference_vectors(model_path: Path, sequences: list[str], batch_size: int = 64) -> np.ndarray:
     """bacformer.pp's recipe (see the module docstring), with eager attention, independent of bacflow."""
     tokenizer = EsmTokenizer.from_pretrained(model_path)

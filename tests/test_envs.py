@@ -12,7 +12,8 @@ import pytest
 import rattler
 import yaml
 
-from workflow_helpers import PYRODIGAL_DATA, REPO, workflow_rules, write_sheet
+from conftest import PYRODIGAL_DATA
+from workflow_helpers import REPO, workflow_rules, write_sheet
 
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 CHANNELS = ["conda-forge", "bioconda", "nodefaults"]

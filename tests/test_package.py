@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import bacflow
-from workflow_helpers import PYRODIGAL_DATA, REPO, SNAKEMAKE, write_sheet
+from conftest import PYRODIGAL_DATA
+from workflow_helpers import REPO, SNAKEMAKE, write_sheet
 
 
 def imported_modules(code: str, *args: str) -> set[str]:

@@ -38,8 +38,8 @@ from bacflow.families.stage import FamilyParams, build_families
 from bacflow.proteins.annotate import GenomeProteins
 from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2
 from bacflow.proteins.unique import sequence_buckets
-from conftest import CT_114V1_FASTA, CT_114V1_PRODIGAL_GFF, SMALL_GENOME
-from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, planned_jobs, snakemake, write_sheet
+from conftest import CT_114V1_FASTA, CT_114V1_PRODIGAL_GFF, PYRODIGAL_DATA, SHARED_DATA, SMALL_GENOME
+from workflow_helpers import REPO, planned_jobs, snakemake, write_sheet
 
 BASE_CONFIG = REPO / "config" / "config.yaml"
 MATRIX = sorted((REPO / ".test").glob("config-*/config.yaml"))

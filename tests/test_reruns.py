@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from workflow_helpers import PYRODIGAL_DATA, REPO, SNAKEMAKE, planned_jobs, snakemake
+from conftest import PYRODIGAL_DATA
+from workflow_helpers import REPO, SNAKEMAKE, planned_jobs, snakemake
 
 GENOMES = [
     ("SRR492066", "SRR492066.fna.gz", "mag"),

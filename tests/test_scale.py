@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from workflow_helpers import PYRODIGAL_DATA, REPO, planned_jobs, write_sheet
+from conftest import PYRODIGAL_DATA
+from workflow_helpers import REPO, planned_jobs, write_sheet
 
 GENOMES, SHARD_SIZE, BUCKETS = 10_000, 100, 16
 # A tenth of the genomes in a tenth of the 2 minutes that 100,000 may take (they take ~30 s on a 2-core

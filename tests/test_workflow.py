@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow.core.tables import read_metadata
-from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, needs_shared, planned_jobs, snakemake, write_sheet
+from conftest import PYRODIGAL_DATA, SHARED_DATA, needs_shared
+from workflow_helpers import REPO, planned_jobs, snakemake, write_sheet
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PYRODIGAL_DATA, SHARED_DATA, needs_shared  # noqa: F401 (re-exported to workflow tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [

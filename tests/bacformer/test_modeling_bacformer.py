@@ -27,7 +27,7 @@ from bacflow.bacformer.modeling_bacformer import (
     apply_rotary,
     rotary_tables,
 )
-from bacformer_helpers import max_abs_diff, randomize, reference_python, run_reference, tiny_config  # noqa: F401
+from bacformer_helpers import max_abs_diff, randomize, run_reference, tiny_config
 
 PARITY_TOLERANCE = 1e-5
 #: Inputs (from `example_inputs`, plus labelled variants) each model class runs on in the parity tests.

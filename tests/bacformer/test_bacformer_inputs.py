@@ -17,7 +17,7 @@ from bacflow.bacformer.inputs import (
     window_spans,
 )
 from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerModel
-from bacformer_helpers import max_abs_diff, randomize, reference_python, run_reference, tiny_config  # noqa: F401
+from bacformer_helpers import max_abs_diff, randomize, run_reference, tiny_config
 
 #: Windowed outputs against single runs of the same window: fp32, the same tiny model.
 WINDOW_TOLERANCE = 1e-5

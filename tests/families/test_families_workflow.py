@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from bacflow.core.tables import read_metadata
-from workflow_helpers import SHARED_DATA, needs_shared, planned_jobs, snakemake, write_sheet
+from conftest import SHARED_DATA, needs_shared
+from workflow_helpers import planned_jobs, snakemake, write_sheet
 
 COHORT = SHARED_DATA / "cohort"
 # Three strains make the vocabulary (their GenBank CDS); two more strains, one strain of the three, and

@@ -15,7 +15,8 @@ import yaml
 
 from bacflow.core.tables import read_metadata
 from bacflow.embeddings.tiny import build_esm2
-from workflow_helpers import PYRODIGAL_DATA, REPO, SHARED_DATA, SNAKEMAKE, needs_shared, snakemake, workflow_rules, write_sheet
+from conftest import PYRODIGAL_DATA, SHARED_DATA, needs_shared
+from workflow_helpers import REPO, SNAKEMAKE, snakemake, workflow_rules, write_sheet
 
 pytestmark = needs_shared
 CT_D_GBFF = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.gbff.gz"

@@ -16,7 +16,6 @@ import torch
 
 from bacflow.pretrain.masking import ExampleParams, genome_tokens, mask_proteins, pretraining_example, shuffled_contigs
 from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
-from bacformer_helpers import reference_python  # noqa: F401 (fixture)
 
 MASK, PROT, SEP, CLS, END = (SPECIAL_TOKENS[name] for name in ("MASK", "PROT_EMB", "SEP", "CLS", "END"))
 PARAMS = ExampleParams()  # the reference trainer's: p 0.15, 6000 tokens, 1000 contigs, END label 50000
@@ -208,7 +207,7 @@ def reference_examples(python: Path, genomes: list[dict], workdir: Path) -> list
     return json.loads(response.read_text())
 
 
-def test_sequences_and_masking_match_the_reference(reference_python: Path, tmp_path: Path):  # noqa: F811
+def test_sequences_and_masking_match_the_reference(reference_python: Path, tmp_path: Path):
     rng = np.random.default_rng(0)
     genomes = []
     for n, n_contigs, max_tokens, max_contigs in [

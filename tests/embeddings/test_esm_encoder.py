@@ -13,7 +13,7 @@ from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.embeddings.esm_model import load_esm
 from bacflow.embeddings.tiny import build_esm2
 from conftest import needs_shared
-from esm_helpers import real_proteins, tiny_esm  # noqa: F401 (fixture)
+from esm_helpers import real_proteins
 
 pytestmark = needs_shared
 CPU = torch.device("cpu")

@@ -39,9 +39,8 @@ from bacflow.pretrain.data import (
 )
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset
 from bacflow.core.samples import Sample
-from bacformer_helpers import reference_python  # noqa: F401 (fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DIM, VOCAB = 16, 40
 GENOMES = [f"g{number:02d}" for number in range(12)]
 SPLIT_OF = {genome: "val" if number in (4, 9) else "test" if number == 11 else "train" for number, genome in enumerate(GENOMES)}
@@ -487,7 +486,7 @@ _REFERENCE_READER = textwrap.dedent(
 )
 
 
-def test_the_reference_trainer_reads_the_corpus(corpus: Path, reference_python: Path, tmp_path: Path):  # noqa: F811
+def test_the_reference_trainer_reads_the_corpus(corpus: Path, reference_python: Path, tmp_path: Path):
     """bacformer 0.2.0's own reader (``fetch_training_data``, streaming ``datasets``) reads every split of the
     corpus and builds, genome for genome, the sequences that bacflow's dataset builds."""
     script, response = tmp_path / "reader.py", tmp_path / "samples.json"

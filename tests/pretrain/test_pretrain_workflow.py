@@ -25,8 +25,9 @@ from transformers import AutoModel
 
 from bacflow.bacformer.model import load_bacformer, separator_id
 from bacflow.bacformer.modeling_bacformer import BacformerForCausalGM
-from bacformer_helpers import max_abs_diff, reference_python, run_reference  # noqa: F401 (fixture)
-from workflow_helpers import SHARED_DATA, needs_shared, snakemake
+from bacformer_helpers import max_abs_diff, run_reference
+from conftest import SHARED_DATA, needs_shared
+from workflow_helpers import snakemake
 
 pytestmark = [
     needs_shared,
@@ -110,7 +111,7 @@ def test_training_learns_next_families(run: Path):
     assert (run / "pretrain" / RUN / "metrics.svg").read_text().startswith("<svg")
 
 
-def test_the_model_folder_loads_everywhere(run: Path, reference_python: Path, tmp_path: Path):  # noqa: F811
+def test_the_model_folder_loads_everywhere(run: Path, reference_python: Path, tmp_path: Path):
     folder = run / "pretrain" / RUN / "model"
     description = json.loads((folder / "bacflow_pretrain.json").read_text())
     assert description["params"]["objective"] == "causal" and description["separator_token_id"] == 3

@@ -29,7 +29,7 @@ from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.core.seqhash import seq_hash
 from bacflow.proteins.unique import gather_bucket, shard_unique
 from conftest import needs_shared
-from esm_helpers import CT_D_PROTEINS, read_fasta, tiny_esm  # noqa: F401 (fixture)
+from esm_helpers import CT_D_PROTEINS, read_fasta
 
 pytestmark = needs_shared
 CT_114V1_PROTEINS = CT_D_PROTEINS.parents[1] / "drafts" / "Ctrachomatis_114V1_GCF_003788785.1.cds_translations.faa.gz"

@@ -18,7 +18,7 @@ from bacflow.embeddings.esm_model import load_esm
 from bacflow.core.seqhash import PROTEIN_LETTERS
 from bacflow.embeddings.tiny import build_esm2
 from conftest import needs_shared
-from esm_helpers import real_proteins, reference_vectors, tiny_esm  # noqa: F401 (fixture)
+from esm_helpers import real_proteins, reference_vectors
 
 pytestmark = needs_shared
 CPU = torch.device("cpu")

@@ -18,7 +18,6 @@ from bacflow.core.models import choose_device, folder_checksum, resolve_model
 from bacflow.embeddings.esm_model import load_esm
 from bacflow.embeddings.recipe import EmbeddingRecipe
 from bacflow.embeddings.tiny import ESM2_VOCAB, build_esm2
-from esm_helpers import tiny_esm  # noqa: F401 (fixture)
 
 HUB_ID = "bacflow-tests/esm2-tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
