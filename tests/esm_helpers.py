@@ -12,13 +12,11 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from Bio import SeqIO
 from transformers import EsmModel, EsmTokenizer
 
 from bacflow.core.seqhash import normalise_protein
-from bacflow.embeddings.tiny import build_esm2
 from conftest import SHARED_DATA
 
 CT_D_PROTEINS = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.cds_translations.faa.gz"

@@ -33,13 +33,14 @@ import torch
 from numpy.typing import ArrayLike
 from torch.nn.utils.rnn import pad_sequence
 
-from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS, BacformerModel
-
-#: Defaults of the reference: Bacformer was trained on at most 6000 tokens per genome and 1000 contigs.
-MAX_N_PROTEINS = 6000
-MAX_N_CONTIGS = 1000
-#: The separator id the reference's inference helpers use (CLS's id, see the module docstring).
-INFERENCE_SEP_TOKEN_ID = SPECIAL_TOKENS["CLS"]
+from bacflow.bacformer.constants import (
+    IGNORE_INDEX,
+    INFERENCE_SEP_TOKEN_ID,
+    MAX_N_CONTIGS,
+    MAX_N_PROTEINS,
+    SPECIAL_TOKENS,
+)
+from bacflow.bacformer.modeling_bacformer import BacformerModel
 
 
 @dataclass(frozen=True)

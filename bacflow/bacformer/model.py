@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bacflow.bacformer.constants import INFERENCE_SEP_TOKEN_ID
 from bacflow.core.errors import InputError
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ TINY_NAME = "tiny-random"
 FOLDER_FILES = "config.json and weights"
 #: Written by bacflow's pretraining beside the weights; names the separator id the model was trained with.
 PRETRAIN_DESCRIPTION = "bacflow_pretrain.json"
-#: The separator id of the published checkpoints at inference: CLS's id (reference issue #27).
-REFERENCE_SEP_TOKEN_ID = 2
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 #: The tiny model of the demo and tests: the released architecture at a fraction of its size. Its width is
@@ -120,7 +119,7 @@ def separator_id(setting: int | str, folder: str | Path) -> int:
     if setting != "auto":
         return int(setting)
     pretrained = pretrained_separator(folder)
-    return REFERENCE_SEP_TOKEN_ID if pretrained is None else pretrained
+    return INFERENCE_SEP_TOKEN_ID if pretrained is None else pretrained
 
 
 def load_bacformer(folder: str | Path, device: torch.device, dtype: torch.dtype) -> BacformerModel:

@@ -57,11 +57,7 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, can_return_tuple
 
-#: Token kinds (values of ``special_tokens_mask``); a token of kind PROT_EMB carries a protein vector.
-SPECIAL_TOKENS = {"PAD": 0, "MASK": 1, "CLS": 2, "SEP": 3, "PROT_EMB": 4, "END": 5}
-
-#: Label value of positions without a target (``torch.nn.functional.cross_entropy``'s ``ignore_index``).
-IGNORE_INDEX = -100
+from bacflow.bacformer.constants import IGNORE_INDEX, MAX_N_CONTIGS, MAX_N_PROTEINS, SPECIAL_TOKENS
 
 
 class BacformerConfig(PretrainedConfig):
@@ -81,8 +77,8 @@ class BacformerConfig(PretrainedConfig):
         intermediate_size: int = 1280,
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
-        max_position_embeddings: int = 6000,  # the rotary tables cover 1.5 times this many positions
-        max_token_type_embeddings: int = 1000,
+        max_position_embeddings: int = MAX_N_PROTEINS,  # the rotary tables cover 1.5 times this many positions
+        max_token_type_embeddings: int = MAX_N_CONTIGS,
         layer_norm_eps: float = 1e-12,
         initializer_range: float = 0.02,
         pad_token_id: int = SPECIAL_TOKENS["PAD"],

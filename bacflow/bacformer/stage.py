@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.tables import MODEL_KEY, RECIPE_KEYS, genome_schema, protein_schema
 from bacflow.embeddings.stage import ML_PACKAGES
 from bacflow.embeddings.store import vector_array
@@ -57,8 +58,8 @@ class BacformerSettings:
     """The ``bacformer:`` config keys that shard jobs use (the model is passed separately)."""
 
     mode: str = "windowed"
-    max_n_proteins: int = 6000
-    max_n_contigs: int = 1000
+    max_n_proteins: int = MAX_N_PROTEINS
+    max_n_contigs: int = MAX_N_CONTIGS
     window_overlap: int = 1000
     sep_token_id: int | str = "auto"
     genome_pooling: str = "proteins"

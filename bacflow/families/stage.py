@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from bacflow.core.errors import InputError
 from bacflow.core.provenance import canonical_json, provenance
 from bacflow.core.scratch import scratch_dir
 from bacflow.core.seqhash import PROTEIN_LETTERS, protein_problem
-from bacflow.core.tables import write_parquet
+from bacflow.core.tables import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -323,17 +322,9 @@ def build_families(
     # The vocabulary is made in a folder beside its final place and renamed there, then the table is
     # written (itself atomically); an error on the way leaves neither.
     vocab_dir = Path(vocab_dir)
-    vocab_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = vocab_dir.parent / f".{vocab_dir.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with atomic_path(vocab_dir) as staging:
+        staging.mkdir()
         _write_vocab(staging, vocab_ids, families.select(["seq_hash", "family_id"]), manifest, metadata)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(vocab_dir, ignore_errors=True)
-    os.replace(staging, vocab_dir)
     try:
         write_parquet(families, families_path, metadata)
     except BaseException:

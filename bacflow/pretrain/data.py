@@ -40,9 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bacflow.bacformer.constants import IGNORE_INDEX
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import provenance
-from bacflow.core.tables import parquet_writer
+from bacflow.core.tables import atomic_path, parquet_writer
 
 if TYPE_CHECKING:
     from bacflow.core.samples import Sample
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Label of a protein without a family (``torch.nn.functional.cross_entropy``'s ignore_index).
-UNLABELLED = -100
 #: Kinds whose contig order carries no information (the trainer shuffles it every epoch).
 UNORDERED_KINDS = ("draft", "mag")
 _FAMILY_BATCH_ROWS = 1 << 20
@@ -106,14 +106,14 @@ def required_splits(samples: Sequence[Sample], splits: Mapping[str, str], test_f
 
 
 def family_labels(families_path: str | Path, seq_hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Family id of each hash (``UNLABELLED`` where the families table says null), streaming the table.
+    """Family id of each hash (``IGNORE_INDEX`` where the families table says null), streaming the table.
 
     Memory holds the distinct query hashes and one batch of the table, never the whole table. A hash that the
     table lacks is an error: the families were made from another set of proteins.
     """
     distinct = pc.unique(seq_hashes)
     found = np.zeros(len(distinct), bool)
-    labels = np.full(len(distinct), UNLABELLED, np.int64)
+    labels = np.full(len(distinct), IGNORE_INDEX, np.int64)
     table = pq.ParquetFile(families_path)
     for batch in table.iter_batches(batch_size=_FAMILY_BATCH_ROWS, columns=["seq_hash", "family_id"]):
         where = pc.index_in(batch.column("seq_hash"), value_set=distinct)
@@ -123,7 +123,7 @@ def family_labels(families_path: str | Path, seq_hashes: pa.Array | pa.ChunkedAr
         positions = where.filter(pc.is_valid(where)).to_numpy()
         family = batch.column("family_id").filter(pa.array(hit))
         found[positions] = True
-        labels[positions] = pc.fill_null(family, UNLABELLED).to_numpy(zero_copy_only=False)
+        labels[positions] = pc.fill_null(family, IGNORE_INDEX).to_numpy(zero_copy_only=False)
     if not found.all():
         missing = distinct[int(np.flatnonzero(~found)[0])].as_py()
         raise InputError(
@@ -174,7 +174,7 @@ def corpus_rows(vectors_path: str | Path, families_path: str | Path, kinds: Mapp
     if not np.array_equal(proteins.column("protein_index").to_numpy(), expected_index):
         raise InputError(f"{vectors_path}: proteins are not in genome order (protein_index is not 0, 1, ... per genome)")
     contigs = _dense_contigs(starts, proteins.column("contig_index").to_numpy())
-    labelled_before = np.append(0, np.cumsum(labels != UNLABELLED))
+    labelled_before = np.append(0, np.cumsum(labels != IGNORE_INDEX))
     offsets = pa.array(np.append(starts, len(genome_ids)), pa.int32())
     family_ids = pa.ListArray.from_arrays(offsets, pa.array(labels, pa.int32()))
     return pa.table(
@@ -251,7 +251,7 @@ def summarize_corpus(
             totals["proteins"] += int(pc.sum(table.column("n_proteins")).as_py() or 0)
             totals["labelled"] += int(pc.sum(table.column("n_labelled")).as_py() or 0)
             ids = pc.list_flatten(table.column("prot_cluster_id")).to_numpy()
-            ids = ids[ids != UNLABELLED]
+            ids = ids[ids != IGNORE_INDEX]
             if len(ids) and ids.max() >= vocab_size:
                 raise InputError(f"{path}: family id {int(ids.max())} is outside the vocabulary of {vocab_size}")
             if split in ("train", "val"):
@@ -276,9 +276,6 @@ def summarize_corpus(
     majority, _ = train_families.most_common(1)[0]
     summary["majority_family"] = int(majority)
     summary["majority_val_share"] = val_families[majority] / summary["splits"]["val"]["labelled"]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_path.with_name(f".{out_path.name}.tmp")
-    temporary.write_text(json.dumps(summary, indent=1) + "\n")
-    temporary.replace(out_path)
+    with atomic_path(out_path) as temporary:
+        temporary.write_text(json.dumps(summary, indent=1) + "\n")
     return summary

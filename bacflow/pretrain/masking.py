@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
+from bacflow.bacformer.constants import IGNORE_INDEX, MAX_N_CONTIGS, MAX_N_PROTEINS, SPECIAL_TOKENS
 
 #: Shares of the selected proteins that are masked and left unchanged (the reference's MASKING_STRATEGY).
 MASK_SHARE = 0.875
@@ -49,8 +49,8 @@ class ExampleParams:
 
     objective: Literal["masked", "causal"] = "masked"
     mgm_probability: float = 0.15
-    max_n_proteins: int = 6000  # tokens per genome, CLS, separators and END included
-    max_n_contigs: int = 1000
+    max_n_proteins: int = MAX_N_PROTEINS  # tokens per genome, CLS, separators and END included
+    max_n_contigs: int = MAX_N_CONTIGS
     end_label: int = 50000  # the vocabulary size: the GM head's END class
     sep_token_id: int = SPECIAL_TOKENS["SEP"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from transformers import EvalPrediction, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
+from bacflow.core.tables import atomic_path
 
 #: Columns of metrics.csv: one row per log event (training rows and evaluation rows fill different columns).
 CSV_COLUMNS = (
@@ -87,13 +87,10 @@ class FamilyAccuracy:
 def write_metrics_csv(log_history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """All log events so far, one row each, written atomically (the file is rewritten from the Trainer's log
     history, which a resumed run restores from its checkpoint, so rows never repeat or go missing)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(entry for entry in log_history if set(entry) & set(CSV_COLUMNS[2:]))
-    os.replace(temporary, path)
 
 
 class MetricsCsv(TrainerCallback):

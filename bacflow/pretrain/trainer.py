@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import collate_inputs
 from bacflow.core.errors import InputError
 from bacflow.pretrain.masking import ExampleParams
@@ -48,6 +49,7 @@ from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForCa
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
 from bacflow.pretrain.metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
 from bacflow.core.provenance import config_hash, tool_versions
+from bacflow.core.tables import atomic_path, leftovers
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +71,27 @@ _MODEL_CLASSES = {"masked": BacformerForMaskedGM, "causal": BacformerForCausalGM
 _PACKAGES = ("bacflow", "torch", "transformers", "accelerate", "pyarrow", "numpy")
 
 
+#: The geometry the reference's training command line (0.2.0) gives a new model.
+REFERENCE_TRAINING_GEOMETRY = {
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "intermediate_size": 1280,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
+
+
 @dataclass(frozen=True)
 class PretrainParams:
     """Training settings (config ``pretrain:``); defaults are the reference trainer's (0.2.0 command line)."""
 
     objective: str = "masked"  # masked | causal
-    model: Mapping[str, Any] = field(default_factory=dict)  # BacformerConfig values of a new model
+    # BacformerConfig values of a new model: the reference trainer's (its config class defaults to 6 layers).
+    model: Mapping[str, Any] = field(default_factory=lambda: dict(REFERENCE_TRAINING_GEOMETRY))
     init_from: str | None = None  # a model folder or hub id to continue from (its architecture wins)
     mgm_probability: float = 0.15
-    max_n_proteins: int = 6000
-    max_n_contigs: int = 1000
+    max_n_proteins: int = MAX_N_PROTEINS
+    max_n_contigs: int = MAX_N_CONTIGS
     sep_token_id: int = SPECIAL_TOKENS["SEP"]
     shuffle_contigs: bool = True  # draft and MAG genomes: a new contig order every epoch
     batch_size: int = 2  # genomes per GPU and micro-batch
@@ -425,9 +438,8 @@ def save_model(
     metrics: Mapping[str, float],
 ) -> None:
     """The Hugging Face model folder, written beside its final place and renamed into it."""
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
+    for left in leftovers(folder):  # of a killed run: a whole model's weights
+        shutil.rmtree(left, ignore_errors=True)
     description = {
         "params": dataclasses.asdict(params),
         "config_hash": config_hash(dataclasses.asdict(params)),
@@ -437,9 +449,9 @@ def save_model(
         "separator_token_id": params.sep_token_id,
         "metrics": dict(metrics),
     }
-    (temporary / "bacflow_pretrain.json").write_text(json.dumps(description, indent=1, default=str) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    temporary.rename(folder)
+    with atomic_path(folder) as temporary:
+        model.save_pretrained(temporary)
+        (temporary / "bacflow_pretrain.json").write_text(json.dumps(description, indent=1, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from bacflow.proteins.assembly import Assembly, Contig, read_assembly
+from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.core.errors import InputError
 from bacflow.proteins.genecall import WEAK_TRAINING_BASES, GeneCallingParams, call_genes, choose_mode
 from bacflow.core.samples import Sample
@@ -30,10 +31,6 @@ log = logging.getLogger("bacflow")
 
 #: ESM-2 sees at most this many residues (1,024 tokens with BOS and EOS).
 ESM_MAX_RESIDUES = 1022
-#: Bacformer's published checkpoints were trained on at most this many proteins per genome.
-MODEL_MAX_PROTEINS = 6000
-#: ... and this many contigs (token types).
-MODEL_MAX_CONTIGS = 1000
 
 PROTEIN_SCHEMA = pa.schema(
     [
@@ -134,8 +131,8 @@ def annotate_genome(sample: Sample, params: AnnotationParams, shard: str = "") -
     qc.update(
         proteins=len(lengths),
         proteins_over_1022=sum(length > ESM_MAX_RESIDUES for length in lengths),
-        proteins_beyond_6000=max(0, len(lengths) - MODEL_MAX_PROTEINS),
-        contigs_beyond_1000=max(0, (qc["contigs"] or 0) - MODEL_MAX_CONTIGS),
+        proteins_beyond_6000=max(0, len(lengths) - MAX_N_PROTEINS),
+        contigs_beyond_1000=max(0, (qc["contigs"] or 0) - MAX_N_CONTIGS),
         partial_proteins=sum(a or b for a, b in zip(columns["partial_begin"], columns["partial_end"])),
     )
     return GenomeProteins(columns, qc)
