@@ -80,7 +80,7 @@ REFERENCE_PYTHON = (
     / "bin"
     / "python"
 )
-#: The published base checkpoints' geometry (reference/bacformer.md, "Inferred config").
+#: The published base checkpoints' geometry (``macwiatrak/bacformer-masked-complete-genomes``).
 PUBLISHED = dict(num_hidden_layers=12, num_attention_heads=8, hidden_size=480, intermediate_size=1280)
 MAX_TOKENS = 6000
 #: Snakemake benchmark files by stage: the first folder or file name under benchmarks/ -> stage.

@@ -163,7 +163,7 @@ def dedup_factor() -> dict[str, float]:
     from bacflow.proteins.annotate import AnnotationParams, annotate_genome
     from bacflow.core.samples import read_samples
 
-    # The cohort's sheet gives paths relative to data/ (see its SOURCES.md), not to the sheet's folder.
+    # The cohort's sheet gives paths relative to data/, not to the sheet's folder.
     sheet = REPO / "bench" / "work" / "esm" / "cohort_samples.tsv"
     sheet.parent.mkdir(parents=True, exist_ok=True)
     header, *rows = (DATA / "cohort" / "samples.tsv").read_text().splitlines()

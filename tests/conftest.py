@@ -1,7 +1,7 @@
 """Shared locations of the real test data, and helpers used by several unit-test modules.
 
 Two sources of real data are used: ``../shared/data`` beside the repository (public genomes and peer
-gene calls, described in its ``SOURCES.md``; CI provides it), and the Prodigal reference outputs that the
+gene calls; CI provides it), and the Prodigal reference outputs that the
 installed pyrodigal package ships in ``pyrodigal/tests/data`` (present wherever bacflow is installed).
 """
 
@@ -119,7 +119,7 @@ def read_gff_cds(text: str) -> list[ReferenceGene]:
 
 
 def assert_protein_table_contract(result: GenomeProteins, assembly_path: Path) -> None:
-    """The contract of every genome's protein table (DESIGN.md, 'Proteins'), checked row by row.
+    """The contract of every genome's protein table (docs/proteins.md), checked row by row.
 
     Contig ids and their order are taken from the file itself by a fresh `read_assembly`, so the table
     must carry each contig's id as written and its position in the file.

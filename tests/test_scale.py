@@ -1,5 +1,5 @@
 """Cohort scale: planning a large cohort's DAG is fast and its jobs grow with shards and buckets, never with
-genomes. The README reports the full-size measurement (a dry run of `all` for 100,000 genomes); this holds
+genomes. docs/scale.md reports the full-size measurement (a dry run of `all` for 100,000 genomes); this holds
 a tenth of it."""
 
 from __future__ import annotations

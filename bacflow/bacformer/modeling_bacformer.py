@@ -1,7 +1,7 @@
 """Bacformer: a genome language model over ESM-2 protein embeddings, in the style of a Hugging Face modeling file.
 
 A compatible re-implementation of the reference package (``bacformer==0.2.0``, ``modeling_base.py`` and
-``modeling_pretraining.py``; see ``reference/bacformer.md``). State-dict keys and shapes are the reference's,
+``modeling_pretraining.py``, https://github.com/macwiatrak/Bacformer). State-dict keys and shapes are the reference's,
 so the published checkpoints (``macwiatrak/bacformer-masked-complete-genomes``, ``...-masked-MAG``) load
 strictly, and importing this module registers the classes with the ``transformers`` Auto classes, so
 ``AutoModel.from_pretrained(folder)`` needs no remote code.

@@ -110,7 +110,7 @@ _MMSEQS_MEMORY_SHARE = 0.7
 
 @dataclass(frozen=True)
 class FamilyParams:
-    """How families are made; the defaults and the reasons for them are in the README."""
+    """How families are made; the defaults and the reasons for them are in docs/families.md."""
 
     method: Literal["linclust", "cluster"] = "linclust"
     min_seq_id: float = 0.5

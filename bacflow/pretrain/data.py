@@ -1,6 +1,6 @@
 """The pretraining corpus: per genome, its protein vectors in genome order, contig indices and family labels.
 
-Layout (the reference trainer's, ``reference/bacformer.md`` section 4.1): parquet files under
+Layout (the reference trainer's, ``bacformer==0.2.0`` ``run_pretraining.py``): parquet files under
 ``data/{train,val,test}/``, one row per genome, with
 
 - ``protein_embeddings``: list of the genome's protein vectors (``FixedSizeList<float16|float32>``, the

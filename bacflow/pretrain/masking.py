@@ -1,7 +1,7 @@
 """Pretraining examples: a genome's tokens as the reference's pretraining transform builds them, and the masking.
 
-The reference (``bacformer==0.2.0``, ``modeling/data_reader.py``: ``transform_sample`` and ``mask_prot_embs``;
-``reference/bacformer.md`` section 4) builds one example per genome, and this module reproduces it:
+The reference (``bacformer==0.2.0``, ``modeling/data_reader.py``: ``transform_sample`` and ``mask_prot_embs``,
+https://github.com/macwiatrak/Bacformer) builds one example per genome, and this module reproduces it:
 
 - the sequence is CLS, the proteins in genome order with a separator (SEP, id 3) wherever the contig index
   changes and after the last protein, then END. Contig indices are capped at ``max_n_contigs - 1``. CLS and

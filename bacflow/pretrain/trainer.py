@@ -1,7 +1,7 @@
 """Bacformer pretraining with the Hugging Face Trainer: masked (or causal) protein-family modelling.
 
 The engine is ``transformers.Trainer``, as the reference's ``run_pretraining.py`` uses it, with the reference's
-settings (``reference/bacformer.md`` section 4.5): AdamW (weight decay 0.01), gradient clipping at 2.0, a
+settings (its 0.2.0 command-line defaults): AdamW (weight decay 0.01), gradient clipping at 2.0, a
 learning rate of ``learning_rate * sqrt(processes)`` (one process per GPU) with linear warmup and decay, bf16
 and gradient checkpointing on GPUs, evaluation and checkpoints every N steps, early stopping on the validation
 loss and, at the end, the checkpoint with the best validation loss. One process per GPU (``torchrun``, DDP);

@@ -1,7 +1,7 @@
 """Pretraining examples (bacflow.pretrain.masking) against the reference's transform (bacformer 0.2.0 ``transform_sample``
-and ``mask_prot_embs``, run in its own environment) and against the counts and rules of reference/bacformer.md
-section 4: sequence construction, truncation, masking counts for n = 1000 and for genomes under 8 proteins,
-unlabelled proteins, dynamic masking, contig shuffling and the causal objective."""
+and ``mask_prot_embs``, run in its own environment; https://github.com/macwiatrak/Bacformer) and against that
+transform's counts and rules: sequence construction, truncation, masking counts for n = 1000 and for genomes
+under 8 proteins, unlabelled proteins, dynamic masking, contig shuffling and the causal objective."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def example(n: int, seed: int = 0, contigs: np.ndarray | None = None, labels: np
 
 
 def test_golden_sequence_of_the_reference():
-    """reference/bacformer.md 4.2: contigs [0,0,0,1,1,2,2], family ids 10..16."""
+    """The reference's sequence construction for contigs [0,0,0,1,1,2,2], family ids 10..16."""
     tokens = genome_tokens(np.array([0, 0, 0, 1, 1, 2, 2]), np.arange(10, 17), PARAMS)
     assert tokens.kinds.tolist() == [2, 4, 4, 4, 3, 4, 4, 3, 4, 4, 3, 5]
     assert tokens.labels.tolist() == [-100, 10, 11, 12, -100, 13, 14, -100, 15, 16, -100, 50000]

@@ -36,7 +36,7 @@ PARACOCCUS_TRANSLATIONS = SHARED_DATA / "drafts" / "Paracoccus_sp_SCN68-21_MAG_M
 CT_D_GBFF = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.gbff.gz"
 CT_114V1_GBFF = SHARED_DATA / "cohort" / "Ctrachomatis_114V1_GCF_003788785.1.gbff.gz"
 
-# path, kind, number of records in the file, and the source its proteins must come from (SOURCES.md)
+# path, kind, number of records in the file, and the source its proteins must come from
 GENOMES = {
     "Ecoli_Sakai_3_replicons": (
         SHARED_DATA / "genomes" / "Ecoli_O157H7_Sakai_GCF_000008865.2.fna.gz",
@@ -100,12 +100,12 @@ def test_small_plasmids_keep_their_genes(annotated):
 
 
 def test_non_acgt_base_is_kept():
-    """K. pneumoniae HS11286 has one N in its chromosome (SOURCES.md): accepted and kept as written."""
+    """K. pneumoniae HS11286 has one N in its chromosome: accepted and kept as written."""
     chromosome = read_assembly(GENOMES["Kpneumoniae_7_replicons"][0]).contigs[0]
     assert Counter(base for base in chromosome.sequence if base not in "ACGT") == {"N": 1}
 
 
-# GenBank file, its /translation proteins (SOURCES.md), and the expected QC counts: proteins,
+# GenBank file, its /translation proteins, and the expected QC counts: proteins,
 # pseudogenes dropped, and CDS without /translation (MEES01000006 of the MAG lost 63 translations to an
 # edit: 3,234 CDS - 98 /pseudo - 3,073 /translation = 63).
 GENBANK_TRANSLATIONS = [
@@ -204,7 +204,7 @@ def test_genbank_partial_cds_flags(annotated, gbff: Path, partial_proteins: int)
 
 
 def test_mag_record_without_translations_keeps_its_other_proteins(annotated):
-    """MEES01000006 lost /translation on 63 CDS (SOURCES.md); its other CDS still give proteins."""
+    """MEES01000006 lost /translation on 63 CDS; its other CDS still give proteins."""
     result = annotated(PARACOCCUS_MAG, "mag")
     expected = Counter(row[1] for row in read_translations(PARACOCCUS_TRANSLATIONS))
     assert Counter(result.columns["contig_id"]) == expected
@@ -276,7 +276,7 @@ def test_same_genome_twice_gives_identical_tables():
 # rows form one CDS. On the minus strand its 5' end is the highest coordinate, so the rows are read from
 # there down, each on the reverse strand.
 
-MGENITALIUM = SHARED_DATA / "genomes" / "Mgenitalium_G37_L43967.2.fna.gz"  # genetic code 4 (SOURCES.md)
+MGENITALIUM = SHARED_DATA / "genomes" / "Mgenitalium_G37_L43967.2.fna.gz"  # genetic code 4
 
 
 def write_cds_gff(path: Path, contig_id: str, rows: list[tuple[int, int, int]], attributes: str) -> Path:

@@ -281,7 +281,7 @@ def test_iupac_codes_are_accepted(tmp_path: Path, annotated):
 
 # Bad /translation qualifiers in a real GenBank file: each such protein is dropped where the proteins
 # table is made, counted in QC and named in a warning, so that no cohort-wide job (families, embeddings)
-# meets it. C. trachomatis D has 914 translated CDS on a chromosome and a plasmid (SOURCES.md).
+# meets it. C. trachomatis D has 914 translated CDS on a chromosome and a plasmid.
 
 CT_D_GBFF = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.gbff.gz"
 # protein_id: (contig, text inserted into its /translation, at this residue offset, what the warning says)

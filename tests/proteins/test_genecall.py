@@ -140,7 +140,7 @@ def test_prokka_cds_are_all_found_with_identical_proteins():
 @pytest.mark.parametrize(
     ("genome", "reference", "expected_reference", "expected_shared", "expected_calls"),
     [
-        # dRep's Prodigal run matches meta mode with N-masking (-p meta -m), per SOURCES.md.
+        # dRep's Prodigal run matches meta mode with N-masking (-p meta -m).
         pytest.param(
             "genomes/Ecasseliflavus_EC20_NC_020995.1.fna.gz",
             "Ecasseliflavus_EC20.drep-prodigal.faa.gz",
