@@ -12,8 +12,9 @@ import functools
 import html
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bacflow.bacformer.tables import MODEL_KEY
-from bacflow.embeddings.stage import RECIPE
 from bacflow.core.tables import read_metadata
+from bacflow.embeddings.stage import RECIPE
 
 #: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).
 MAX_BARS = 40
@@ -168,7 +169,7 @@ def qc_flags(qc_path: str | Path, genomes_path: str | Path, out_path: str | Path
             "; ".join(label for label, flag in flags if flag[index].as_py()),
             row["quarantine_reason"] or "; ".join(row["warnings"] or []),
         ]
-        for index, row in zip(shown.to_pylist(), table.take(shown).to_pylist())
+        for index, row in zip(shown.to_pylist(), table.take(shown).to_pylist(), strict=False)
     ]
     more = (
         f"<p>… and {len(flagged) - MAX_TABLE_ROWS:,} more: see the QC tables.</p>"
@@ -209,7 +210,9 @@ def family_sizes(families_path: str | Path, out_path: str | Path) -> None:
     for batch in file.iter_batches(_BATCH_ROWS, columns=["seq_hash", "representative", "family_id", "family_size"]):
         family = batch.column("family_id")
         has_id = pc.is_valid(family)
-        labelled.update(zip(family.filter(has_id).to_pylist(), batch.column("family_size").filter(has_id).to_pylist()))
+        labelled.update(
+            zip(family.filter(has_id).to_pylist(), batch.column("family_size").filter(has_id).to_pylist(), strict=False)
+        )
         own = pc.and_(pc.invert(has_id), pc.equal(batch.column("seq_hash"), batch.column("representative")))
         unlabelled.update(batch.column("family_size").filter(pc.fill_null(own, False)).to_pylist())
     plt = _pyplot()
@@ -277,7 +280,7 @@ def pca(path: str | Path, components: int = 2) -> tuple[list[str], np.ndarray, n
 def genome_projection(genomes_path: str | Path, qc_path: str | Path, out_path: str | Path) -> None:
     """The genome embeddings projected on their first two principal components, coloured by `group`."""
     ids, xy, ratio = pca(genomes_path)
-    groups_of = dict(zip(*pq.read_table(qc_path, columns=["genome_id", "group"]).to_pydict().values()))
+    groups_of = dict(zip(*pq.read_table(qc_path, columns=["genome_id", "group"]).to_pydict().values(), strict=False))
     groups = [groups_of.get(genome) or genome for genome in ids]
     by_size = [group for group, _ in Counter(groups).most_common()]
     shown = by_size[:MAX_GROUPS]
@@ -291,7 +294,7 @@ def genome_projection(genomes_path: str | Path, qc_path: str | Path, out_path: s
         mine = np.array([g == group for g in groups], dtype=bool)
         ax.scatter(xy[mine, 0], xy[mine, 1], s=18, color=colours(index), label=str(group))
     if len(xy) <= MAX_BARS:
-        for genome, (x, y) in zip(ids, xy):
+        for genome, (x, y) in zip(ids, xy, strict=False):
             ax.annotate(genome, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of the variance)" if len(ratio) else "PC1")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")

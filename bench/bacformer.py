@@ -66,12 +66,12 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from bacflow.bacformer.model import load_bacformer  # noqa: E402
+from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
 from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome  # noqa: E402
+from bacflow.core.models import choose_device  # noqa: E402
 from bacflow.demo import write_demo_sheet  # noqa: E402
 from bacflow.embeddings.stage import EmbeddingSettings  # noqa: E402
 from bacflow.embeddings.store import vector_array  # noqa: E402
-from bacflow.core.models import choose_device  # noqa: E402
-from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "bacformer"
 RESULTS = REPO / "bench" / "results"
@@ -133,8 +133,8 @@ def write_shard(genomes: list[tuple[np.ndarray, np.ndarray]], folder: Path) -> t
         pa.table({**common, "seq_hash": ["0" * 32] * len(ids), "vector": vector_array(vectors, "float32")}),
         folder / "vectors.parquet",
     )
-    names = [f"{genome}_{index}" for genome, index in zip(ids, protein_index)]
-    contig_ids = [f"{genome}_c{contig}" for genome, contig in zip(ids, contigs)]
+    names = [f"{genome}_{index}" for genome, index in zip(ids, protein_index, strict=False)]
+    contig_ids = [f"{genome}_c{contig}" for genome, contig in zip(ids, contigs, strict=False)]
     pq.write_table(pa.table({**common, "protein_id": names, "contig_id": contig_ids}), folder / "proteins.parquet")
     return folder / "vectors.parquet", folder / "proteins.parquet"
 
@@ -208,7 +208,10 @@ def inference(args: argparse.Namespace) -> dict:
             for kind in ("wall", "cpu"):
                 row[f"vs_reference_{kind}"] = reference_row[f"{kind}_seconds"] / row[f"{kind}_seconds"]
                 if len(row[f"{kind}_rounds"]) == args.repeats:  # the same rounds: the spread of the ratio
-                    ratios = [ref / own for ref, own in zip(reference_row[f"{kind}_rounds"], row[f"{kind}_rounds"])]
+                    ratios = [
+                        ref / own
+                        for ref, own in zip(reference_row[f"{kind}_rounds"], row[f"{kind}_rounds"], strict=False)
+                    ]
                     row[f"vs_reference_{kind}_range"] = [min(ratios), max(ratios)]
     return {
         "device": f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'})",
@@ -323,7 +326,11 @@ def published_geometry_on_demo(args: argparse.Namespace, results: Path) -> dict:
     ]
     esm, tokenizer = load_esm(build_esm2(WORK / "esm2-t12_35M", geometry="t12_35M"), device, getattr(torch, dtype))
     embedder = Embedder(
-        EsmEncoder(esm), tokenizer, pooling="mean", max_length=1024, token_budget=EmbeddingSettings().token_budget(device)
+        EsmEncoder(esm),
+        tokenizer,
+        pooling="mean",
+        max_length=1024,
+        token_budget=EmbeddingSettings().token_budget(device),
     )
     embedder.embed(sample[:4])  # warm-up
     esm_sample_seconds, _, _ = timed(lambda: embedder.embed(sample))
@@ -380,7 +387,9 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
         for row in run["rows"]:
             cells = [row["what"]]
             for kind in ("wall", "cpu"):
-                cells.append(f"{row[f'{kind}_seconds']:.1f} (" + ", ".join(f"{s:.1f}" for s in row[f"{kind}_rounds"]) + ")")
+                cells.append(
+                    f"{row[f'{kind}_seconds']:.1f} (" + ", ".join(f"{s:.1f}" for s in row[f"{kind}_rounds"]) + ")"
+                )
             cells.append(f"{row['genomes_per_s']:.3f}")
             for kind in ("wall", "cpu"):
                 ratio = f"{row[f'vs_reference_{kind}']:.2f}" if f"vs_reference_{kind}" in row else "-"

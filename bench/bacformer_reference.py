@@ -51,7 +51,12 @@ def main(model_folder: str, genomes_path: str, out_path: str) -> None:
         cpu_seconds.append(time.process_time() - cpu)
         outputs[f"vectors_{index}"] = vectors.numpy()
     np.savez(
-        out_path, seconds=np.array(seconds), cpu_seconds=np.array(cpu_seconds), device=str(device), dtype=str(dtype), **outputs
+        out_path,
+        seconds=np.array(seconds),
+        cpu_seconds=np.array(cpu_seconds),
+        device=str(device),
+        dtype=str(dtype),
+        **outputs,
     )
 
 

@@ -57,8 +57,8 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -67,11 +67,11 @@ from Bio import SeqIO
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bacflow.embeddings.stage import EmbeddingSettings  # noqa: E402
+from bacflow.core.seqhash import normalise_protein  # noqa: E402
 from bacflow.embeddings.embedder import Embedder  # noqa: E402
 from bacflow.embeddings.esm_encoder import EsmEncoder  # noqa: E402
 from bacflow.embeddings.esm_model import load_esm  # noqa: E402
-from bacflow.core.seqhash import normalise_protein  # noqa: E402
+from bacflow.embeddings.stage import EmbeddingSettings  # noqa: E402
 from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -150,7 +150,9 @@ class Reference:
         return np.concatenate(vectors)
 
 
-def timed(embed: Callable[[list[str]], np.ndarray], proteins: list[str], device: torch.device) -> tuple[float, float, np.ndarray]:
+def timed(
+    embed: Callable[[list[str]], np.ndarray], proteins: list[str], device: torch.device
+) -> tuple[float, float, np.ndarray]:
     """(wall-clock seconds, process CPU seconds, vectors) of one call."""
     synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -160,8 +162,8 @@ def timed(embed: Callable[[list[str]], np.ndarray], proteins: list[str], device:
 
 
 def dedup_factor() -> dict[str, float]:
-    from bacflow.proteins.annotate import AnnotationParams, annotate_genome
     from bacflow.core.samples import read_samples
+    from bacflow.proteins.annotate import AnnotationParams, annotate_genome
 
     # The cohort's sheet gives paths relative to data/, not to the sheet's folder.
     sheet = REPO / "bench" / "work" / "esm" / "cohort_samples.tsv"
@@ -174,7 +176,12 @@ def dedup_factor() -> dict[str, float]:
         result = annotate_genome(sample, AnnotationParams())
         proteins += len(result.columns["seq_hash"])
         distinct.update(result.columns["seq_hash"])
-    return {"genomes": len(samples), "proteins": proteins, "distinct": len(distinct), "factor": proteins / len(distinct)}
+    return {
+        "genomes": len(samples),
+        "proteins": proteins,
+        "distinct": len(distinct),
+        "factor": proteins / len(distinct),
+    }
 
 
 def main() -> None:
@@ -184,7 +191,10 @@ def main() -> None:
     parser.add_argument("--token-budget", type=int, default=None, help="default: the config's for the device")
     parser.add_argument("--chunk-batches", type=int, default=2, help="reference batches (of 64) per chunk")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default torch's: all cores); 1 on cores busy with other work"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default torch's: all cores); 1 on cores busy with other work",
     )
     parser.add_argument("--no-dedup", action="store_true", help="skip the cohort's dedup factor")
     parser.add_argument("--output", type=Path, default=None, help="default: bench/results/esm_throughput[_cuda].md")
@@ -305,7 +315,10 @@ def report(result: dict) -> str:
         )
     lines += ["", f"Max |bacflow - reference| over all vector entries: {result['max_abs_difference']:.2e}."]
     if result["dtype"] == "float32":
-        lines += ["", "GPU numbers (bf16 ours vs fp32 reference, MFU) are not in this file: no GPU was available when it was made."]
+        lines += [
+            "",
+            "GPU numbers (bf16 ours vs fp32 reference, MFU) are not in this file: no GPU was available when it was made.",
+        ]
     if result["dedup"]:
         dedup = result["dedup"]
         lines += [

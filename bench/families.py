@@ -162,7 +162,7 @@ def write_plain_fasta(buckets: list[Path], fasta: Path) -> tuple[int, int]:
     with open(fasta, "w") as handle:
         for table in iter_sorted(buckets, ["occurrences"]):
             names, residues = table.column("seq_hash").to_pylist(), table.column("sequence").to_pylist()
-            handle.write("".join(f">{name}\n{sequence}\n" for name, sequence in zip(names, residues)))
+            handle.write("".join(f">{name}\n{sequence}\n" for name, sequence in zip(names, residues, strict=False)))
             sequences += table.num_rows
             proteins += pc.sum(table.column("occurrences")).as_py()
     return sequences, proteins
@@ -241,7 +241,11 @@ def time_split(log: Path) -> dict[str, float]:
         if message.startswith("running "):
             module = message.split()[2]
             end = next(
-                (float(s) for s, n, m in lines[index + 1 :] if n != "bacflow.families.mmseqs" or m.startswith("running ")),
+                (
+                    float(s)
+                    for s, n, m in lines[index + 1 :]
+                    if n != "bacflow.families.mmseqs" or m.startswith("running ")
+                ),
                 float(lines[-1][0]),
             )
             split[f"mmseqs {module}"] = split.get(f"mmseqs {module}", 0.0) + end - float(stamp)
@@ -250,7 +254,7 @@ def time_split(log: Path) -> dict[str, float]:
 
 def clusters_match(out: Path) -> bool:
     ours = pq.read_table(out / "bacflow" / "families.parquet", columns=["seq_hash", "representative"])
-    mine = dict(zip(ours.column("seq_hash").to_pylist(), ours.column("representative").to_pylist()))
+    mine = dict(zip(ours.column("seq_hash").to_pylist(), ours.column("representative").to_pylist(), strict=False))
     theirs = {}
     for line in (out / "plain" / "plain_cluster.tsv").read_text().splitlines():
         representative, member = line.split("\t")

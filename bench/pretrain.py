@@ -57,8 +57,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bacflow.bacformer.inputs import collate_inputs  # noqa: E402
-from bacflow.pretrain.masking import ExampleParams, pretraining_example  # noqa: E402
 from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, BacformerConfig, BacformerForMaskedGM  # noqa: E402
+from bacflow.pretrain.masking import ExampleParams, pretraining_example  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 GEOMETRIES = {
@@ -91,7 +91,9 @@ def step_flops(model: BacformerForMaskedGM, tokens: int, targets: int) -> float:
 def measure(args: argparse.Namespace, geometry: str, n_proteins: int, device: torch.device) -> dict:
     torch.manual_seed(0)
     config = BacformerConfig(
-        **GEOMETRIES[geometry], protein_clusters_vocab_size=VOCAB, max_position_embeddings=max(6000, n_proteins + CONTIGS + 2)
+        **GEOMETRIES[geometry],
+        protein_clusters_vocab_size=VOCAB,
+        max_position_embeddings=max(6000, n_proteins + CONTIGS + 2),
     )
     model = BacformerForMaskedGM(config).to(device).train()
     if args.gradient_checkpointing:
@@ -161,19 +163,19 @@ def report(args: argparse.Namespace, command: str, machine: dict, results: list[
 
 Command: `{command}`
 
-Machine: {machine['platform']}, {machine['cpus']} CPUs, {args.threads} torch threads, device {args.device}, torch
-{machine['torch']}; load average (1, 5, 15 min) {load[0]} before and {load[1]} after. Peak resident memory of the
-whole run: {machine['peak_rss_mib']:,.0f} MiB.
+Machine: {machine["platform"]}, {machine["cpus"]} CPUs, {args.threads} torch threads, device {args.device}, torch
+{machine["torch"]}; load average (1, 5, 15 min) {load[0]} before and {load[1]} after. Peak resident memory of the
+whole run: {machine["peak_rss_mib"]:,.0f} MiB.
 
-One optimizer step of the masked objective on one genome (10 contigs), {'bf16 autocast' if args.bf16 else 'float32'},
-{'with' if args.gradient_checkpointing else 'without'} gradient checkpointing, dropout on: forward, backward, clipping at 2.0,
+One optimizer step of the masked objective on one genome (10 contigs), {"bf16 autocast" if args.bf16 else "float32"},
+{"with" if args.gradient_checkpointing else "without"} gradient checkpointing, dropout on: forward, backward, clipping at 2.0,
 AdamW. Vocabulary 50,000 families in both geometries. {args.steps} timed steps after {args.warmup} untimed; wall time
 median (fastest), the CPU time (all threads) of the median step, and model FLOPs per second (see the script). On a
 shared machine the wall times are slowed by the other work (see the load average); CPU time is less affected, and
 tokens per CPU second times the cores is at best what an idle machine of this kind would reach.
 
 {header}
-|{'---|' * 4}{'---:|' * (5 + utilisation)}
+|{"---|" * 4}{"---:|" * (5 + utilisation)}
 {chr(10).join(rows)}
 
 {gpu_note}
@@ -205,7 +207,8 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             results.append(result)
     command = "python bench/pretrain.py" + "".join(
-        f" --{name.replace('_', '-')}" + ("" if value is True else f" {' '.join(map(str, value)) if isinstance(value, list) else value}")
+        f" --{name.replace('_', '-')}"
+        + ("" if value is True else f" {' '.join(map(str, value)) if isinstance(value, list) else value}")
         for name, value in vars(args).items()
         if value != parser.get_default(name)
     )

@@ -81,8 +81,8 @@ def load_bacflow(root: Path) -> None:
     global CODE, PROTEIN_SCHEMA, AnnotationParams, annotate_genome, annotate_shard, Sample
     CODE = root
     sys.path.insert(0, str(root))
-    from bacflow.proteins.annotate import PROTEIN_SCHEMA, AnnotationParams, annotate_genome, annotate_shard
     from bacflow.core.samples import Sample
+    from bacflow.proteins.annotate import PROTEIN_SCHEMA, AnnotationParams, annotate_genome, annotate_shard
 
     if not Path(sys.modules["bacflow"].__file__).is_relative_to(root):
         raise SystemExit(f"bacflow was imported from {sys.modules['bacflow'].__file__}, not from {root}")
@@ -99,6 +99,7 @@ def snapshot(destination: Path) -> Path:
         elif source.exists():
             shutil.copy2(source, destination / name)
     return destination
+
 
 # (genome_id, path under the data folder, genetic code, kind). Two halves of about 19 Mbp each, so
 # that with shard_size 6 the two Snakemake shards carry about the same work; largest first in each.
@@ -163,9 +164,18 @@ def run_baseline(samples: list[Sample], threads: int) -> list[list[str]]:
 
 def snakemake_command(workdir: Path, cores: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "snakemake", "--snakefile", str(CODE / "Snakefile"),
-        "--configfile", str(CODE / "config" / "config.yaml"),
-        "--directory", str(workdir), "--cores", str(cores), *extra,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(CODE / "Snakefile"),
+        "--configfile",
+        str(CODE / "config" / "config.yaml"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        str(cores),
+        *extra,
     ]
 
 
@@ -175,8 +185,14 @@ def run_snakemake(root: Path, name: str, sheet: Path, shard_size: int, cores: in
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     command = snakemake_command(
-        workdir, cores, "proteins", *extra,
-        "--config", f"samples={sheet}", "outdir=results", f"shard_size={shard_size}",
+        workdir,
+        cores,
+        "proteins",
+        *extra,
+        "--config",
+        f"samples={sheet}",
+        "outdir=results",
+        f"shard_size={shard_size}",
     )
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
@@ -210,7 +226,7 @@ def run_dryrun(root: Path, sheet: Path, shard_size: int) -> dict:
 
 def _benchmark_seconds(path: Path) -> float:
     header, values = path.read_text().splitlines()[:2]
-    return float(dict(zip(header.split("\t"), values.split("\t")))["s"])
+    return float(dict(zip(header.split("\t"), values.split("\t"), strict=False))["s"])
 
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)
@@ -271,9 +287,9 @@ def check_same_work(samples: list[Sample], baseline: list[list[str]], proteins: 
     ids = proteins.column("genome_id").to_pylist()
     sequences = proteins.column("sequence").to_pylist()
     by_genome: dict[str, list[str]] = {}
-    for genome_id, sequence in zip(ids, sequences):
+    for genome_id, sequence in zip(ids, sequences, strict=False):
         by_genome.setdefault(genome_id, []).append(sequence)
-    for sample, expected in zip(samples, baseline):
+    for sample, expected in zip(samples, baseline, strict=False):
         got = by_genome.get(sample.genome_id, [])
         if got != expected:
             raise SystemExit(
@@ -287,7 +303,9 @@ def check_workflow_table(workdir: Path, library: pa.Table) -> None:
     table = ds.dataset(workdir / "results" / "proteins", format="parquet", partitioning="hive").to_table()
     table = table.select(PROTEIN_SCHEMA.names).cast(PROTEIN_SCHEMA)
     order = {gid: i for i, gid in enumerate(dict.fromkeys(library.column("genome_id").to_pylist()))}
-    keys = sorted(range(table.num_rows), key=lambda i: (order[table["genome_id"][i].as_py()], table["protein_index"][i].as_py()))
+    keys = sorted(
+        range(table.num_rows), key=lambda i: (order[table["genome_id"][i].as_py()], table["protein_index"][i].as_py())
+    )
     if not table.take(keys).replace_schema_metadata(None).equals(library.replace_schema_metadata(None)):
         raise SystemExit(f"the workflow's proteins in {workdir} differ from annotate_shard's table")
 
@@ -350,14 +368,18 @@ def machine() -> dict:
 
 
 def summarise(
-    times: dict[str, list[float]], cpu: dict[str, list[float]], foreign: dict[str, list[float]],
-    n_genomes: int, bases: int, proteins: int,
+    times: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    foreign: dict[str, list[float]],
+    n_genomes: int,
+    bases: int,
+    proteins: int,
 ) -> dict:
     summary = {}
     for name, values in times.items():
         median = statistics.median(values)
         summary[name] = {
-            "parallelism": statistics.median(c / w for c, w in zip(cpu[name], values)),
+            "parallelism": statistics.median(c / w for c, w in zip(cpu[name], values, strict=False)),
             "foreign_cpus_median": statistics.median(foreign[name]),
             "median_s": median,
             "cpu_median_s": statistics.median(cpu[name]),
@@ -405,8 +427,11 @@ def markdown(report: dict) -> str:
         f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
         f"- code measured: {report['code']}",
         f"- bacflow commit: {m['git'].get('commit', '?')}"
-        + (f" (uncommitted changes in: {', '.join(m['git']['uncommitted_changes'])})"
-           if m["git"].get("uncommitted_changes") else ""),
+        + (
+            f" (uncommitted changes in: {', '.join(m['git']['uncommitted_changes'])})"
+            if m["git"].get("uncommitted_changes")
+            else ""
+        ),
         f"- genomes: {report['genomes']['count']} FASTA genomes, {report['genomes']['mbp']:.1f} Mbp, "
         f"{report['genomes']['contigs']} contigs, {report['genomes']['proteins']} proteins (all single mode); "
         f"Snakemake shard_size {report['shard_size']} ({report['genomes']['shards']} shards)",
@@ -462,7 +487,8 @@ def markdown(report: dict) -> str:
             f"here): about {f['per_run_cpu_s']:.2f} s per run (Snakemake start-up + DAG, QC gather) and "
             f"{f['per_job_cpu_s']:.2f} s per shard job (interpreter, imports, script set-up, parquet). Estimated CPU "
             "ratio to the baseline, once per-run costs are amortised, by shard size: "
-            + ", ".join(f"{k}: {v:.3f}" for k, v in f["estimated_cpu_ratio"].items()) + ".",
+            + ", ".join(f"{k}: {v:.3f}" for k, v in f["estimated_cpu_ratio"].items())
+            + ".",
         ]
     if report.get("profile"):
         p = report["profile"]
@@ -475,7 +501,8 @@ def markdown(report: dict) -> str:
             "|---|---:|---:|---:|",
         ]
         lines += [
-            f"| `{r['function']}` | {r['calls']} | {r['tottime_s']:.3f} | {r['cumtime_s']:.3f} |" for r in p["top_tottime"]
+            f"| `{r['function']}` | {r['calls']} | {r['tottime_s']:.3f} | {r['cumtime_s']:.3f} |"
+            for r in p["top_tottime"]
         ]
     if report.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {note}" for note in report["notes"]]
@@ -535,14 +562,19 @@ def snakemake_breakdown(runs: dict[str, list[dict]]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder of the shared test genomes")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=REPO.parent / "shared" / "data", help="folder of the shared test genomes"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (median reported; >= 3)")
     parser.add_argument("--shard-size", type=int, default=6, help="genomes per Snakemake shard (default 6: 2 shards)")
     parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work" / "proteins_throughput")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "proteins_throughput.md")
     parser.add_argument(
-        "--live", action="store_true",
+        "--live",
+        action="store_true",
         help="run the checkout's code directly instead of a copy taken at start (edits made meanwhile then count)",
     )
     parser.add_argument("--limit", type=int, help="only the first N genomes (a quick smoke test)")
@@ -550,18 +582,24 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile of bacflow's path")
     parser.add_argument("--top", type=int, default=15, help="functions listed from the profile")
     parser.add_argument(
-        "--max-foreign", type=float, default=0.15,
+        "--max-foreign",
+        type=float,
+        default=0.15,
         help="a measurement during which other processes used more CPUs than this (on average) is disturbed "
         "and repeated (default 0.15)",
     )
     parser.add_argument("--quiet-budget", type=float, default=60.0, help="seconds of such waiting in all")
     parser.add_argument("--retries", type=int, default=2, help="extra attempts of a disturbed measurement")
     parser.add_argument(
-        "--time-budget", type=float, default=420.0,
+        "--time-budget",
+        type=float,
+        default=420.0,
         help="no more extra attempts once the benchmark has run this many seconds (default 420)",
     )
     parser.add_argument(
-        "--quiet-wait", type=float, default=20.0,
+        "--quiet-wait",
+        type=float,
+        default=20.0,
         help="seconds to wait, at most, for other processes to go quiet before each measurement",
     )
     args = parser.parse_args()
@@ -576,8 +614,9 @@ def main() -> None:
         "command": " ".join([_short(sys.executable), *sys.argv]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info,
-        "code": "the checkout itself" if args.live else
-        f"a copy of the checkout's {', '.join(SNAPSHOT_PATHS)} taken at start ({args.workdir / 'code'})",
+        "code": "the checkout itself"
+        if args.live
+        else f"a copy of the checkout's {', '.join(SNAPSHOT_PATHS)} taken at start ({args.workdir / 'code'})",
         "repeats": args.repeats,
         "shard_size": args.shard_size,
         "notes": [],
@@ -615,8 +654,10 @@ def main() -> None:
         "contigs": sum(qc.column("contigs").to_pylist()),
         "proteins": library.num_rows,
         "shards": -(-n // args.shard_size),
-        "list": [{"genome_id": g, "path": p, "genetic_code": c, "kind": k, "bases": b}
-                 for (g, p, c, k), b in zip(genomes, qc.column("bases").to_pylist())],
+        "list": [
+            {"genome_id": g, "path": p, "genetic_code": c, "kind": k, "bases": b}
+            for (g, p, c, k), b in zip(genomes, qc.column("bases").to_pylist(), strict=False)
+        ],
     }
 
     variants: dict = {
@@ -639,11 +680,13 @@ def main() -> None:
         report["snakemake_command_example"] = " ".join(check_run["command"])
 
         for name, (cores, *extra) in smk_args.items():
+
             def run(name=name, cores=cores, extra=extra):
                 result = run_snakemake(root, name, sheet, args.shard_size, cores, *extra)
                 result["jobs_span_s"] = _jobs_span(root / name)
                 smk_runs[name].append(result)
                 return result
+
             variants[name] = run
         variants["snakemake_dryrun"] = lambda: run_dryrun(root, sheet, args.shard_size)
 
@@ -654,7 +697,7 @@ def main() -> None:
     total_waited = 0.0
     names = list(variants)
     for repeat in range(args.repeats):
-        order = names[repeat % len(names):] + names[: repeat % len(names)]
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in order:
             best = None
             for attempt in range(1 + args.retries):
@@ -685,9 +728,15 @@ def main() -> None:
     report["waited_for_quiet_s"] = total_waited
     disturbed = [a for a in attempts if not a["clean"]]
     if disturbed:
-        kept = sum(1 for a in disturbed if a is min(
-            (b for b in attempts if b["variant"] == a["variant"] and b["repeat"] == a["repeat"]),
-            key=lambda b: b["foreign_cpus"]))
+        kept = sum(
+            1
+            for a in disturbed
+            if a
+            is min(
+                (b for b in attempts if b["variant"] == a["variant"] and b["repeat"] == a["repeat"]),
+                key=lambda b: b["foreign_cpus"],
+            )
+        )
         report["notes"].append(
             f"{len(disturbed)} of {len(attempts)} measurements saw other processes on the machine use more than "
             f"{args.max_foreign} CPUs on average and were repeated (up to {args.retries} times); "
@@ -706,11 +755,18 @@ def main() -> None:
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["total_benchmark_s"] = time.perf_counter() - started
 
-    over = {name: row["ratio_to_reference"] for name, row in report["summary"].items()
-            if name != row.get("reference") and row.get("ratio_to_reference", 0) > 1.10}
+    over = {
+        name: row["ratio_to_reference"]
+        for name, row in report["summary"].items()
+        if name != row.get("reference") and row.get("ratio_to_reference", 0) > 1.10
+    }
     report["notes"].append(
         "overhead target (<= 1.10 x the baseline with the same parallelism) "
-        + ("met by every variant" if not over else "exceeded by: " + ", ".join(f"{k} ({v:.2f})" for k, v in over.items()))
+        + (
+            "met by every variant"
+            if not over
+            else "exceeded by: " + ", ".join(f"{k} ({v:.2f})" for k, v in over.items())
+        )
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(markdown(report))

@@ -1,14 +1,14 @@
-from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
 from bacflow.core.logs import logging_to
+from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
 
 with logging_to(snakemake.log[0]) as log:
     # checkpoint_sequences comes from the config, not params: it changes no vector, so it must not re-run jobs.
     checkpoint = snakemake.config["embeddings"]["checkpoint_sequences"]
     counts = embed_bucket(
         snakemake.input.bucket,
-        dict(zip(snakemake.params.shards, snakemake.input.shards)),
+        dict(zip(snakemake.params.shards, snakemake.input.shards, strict=False)),
         snakemake.output[0],
-        gathered_paths=dict(zip(snakemake.params.shards, snakemake.params.gathered)),
+        gathered_paths=dict(zip(snakemake.params.shards, snakemake.params.gathered, strict=False)),
         bucket=int(snakemake.wildcards.bucket),
         n_buckets=snakemake.params.buckets,
         model=snakemake.params.model,

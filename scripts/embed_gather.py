@@ -1,5 +1,5 @@
-from bacflow.embeddings.stage import gather_shard
 from bacflow.core.logs import logging_to
+from bacflow.embeddings.stage import gather_shard
 
 with logging_to(snakemake.log[0]) as log:
     shard = snakemake.wildcards.shard

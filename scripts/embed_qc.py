@@ -1,5 +1,5 @@
-from bacflow.embeddings.stage import embedding_qc
 from bacflow.core.logs import logging_to
+from bacflow.embeddings.stage import embedding_qc
 
 with logging_to(snakemake.log[0]) as log:
     log.info("%d genomes", embedding_qc(snakemake.input.qc, snakemake.output[0], snakemake.input.vectors))

@@ -1,5 +1,5 @@
-from bacflow.families.stage import FamilyParams, build_families
 from bacflow.core.logs import logging_to
+from bacflow.families.stage import FamilyParams, build_families
 
 with logging_to(snakemake.log[0]):
     build_families(

@@ -1,5 +1,5 @@
-from bacflow.families.stage import family_qc
 from bacflow.core.logs import logging_to
+from bacflow.families.stage import family_qc
 
 with logging_to(snakemake.log[0]):
     family_qc(

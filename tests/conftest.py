@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from bacflow.proteins.assembly import read_assembly
-from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome
 from bacflow.core.samples import Sample
 from bacflow.core.seqhash import HASH_HEX_DIGITS, seq_hash
+from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome
+from bacflow.proteins.assembly import read_assembly
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PYRODIGAL_DATA = Path(str(files("pyrodigal").joinpath("tests", "data")))
@@ -140,7 +140,7 @@ def assert_protein_table_contract(result: GenomeProteins, assembly_path: Path) -
         assert columns["length"][index] == len(sequence)
         assert columns["seq_hash"][index] == seq_hash(sequence)
         assert len(columns["seq_hash"][index]) == HASH_HEX_DIGITS
-    order = list(zip(columns["contig_index"], columns["start"]))
+    order = list(zip(columns["contig_index"], columns["start"], strict=False))
     assert order == sorted(order), "proteins must be in genome order: contig order, then start"
 
 

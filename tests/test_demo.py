@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow.bacformer.model import build_tiny_bacformer, output_name
-from bacflow.demo import write_demo_sheet
 from bacflow.core.tables import read_metadata
+from bacflow.demo import write_demo_sheet
 from conftest import SMALL_GENOME
 from workflow_helpers import REPO, SNAKEMAKE, snakemake, write_sheet
 
@@ -112,7 +112,9 @@ def test_outputs_do_not_depend_on_the_output_folder(two_runs: tuple[Path, Path])
         }
 
     assert outputs(first) == outputs(second)
-    different = sorted(str(path) for path in outputs(first) if (first / path).read_bytes() != (second / path).read_bytes())
+    different = sorted(
+        str(path) for path in outputs(first) if (first / path).read_bytes() != (second / path).read_bytes()
+    )
     metadata = [
         f"{path}: {key} differs"
         for path in different

@@ -65,9 +65,9 @@ def test_env_file_format_channels_and_pins(path: Path):
         except rattler.exceptions.InvalidMatchSpecError as error:
             pytest.fail(f"{path.name}: {dependency!r} is not a conda match spec: {error}")
         assert spec.channel is None or spec.channel.name in CHANNELS, f"{path.name}: {dependency!r}: channel"
-        assert spec.version is not None and re.match(
-            PINNED, str(spec.version)
-        ), f"{path.name}: {dependency!r} is not pinned to a version or a release series (e.g. 'numpy =2.3')"
+        assert spec.version is not None and re.match(PINNED, str(spec.version)), (
+            f"{path.name}: {dependency!r} is not pinned to a version or a release series (e.g. 'numpy =2.3')"
+        )
         names.append(spec.name.normalized)
     assert len(names) == len(set(names)), f"{path.name}: a package is listed twice"
     assert "python" in names, f"{path.name}: pin python"

@@ -58,7 +58,11 @@ def test_a_non_editable_install_reads_a_sample_sheet(tmp_path: Path):
     source = tmp_path / "source"  # a copy: building writes into the source tree
     for name in ("bacflow", "pyproject.toml", "README.md"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        copy(
+            REPO / name,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
+        )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
         check=True, capture_output=True,
@@ -66,10 +70,19 @@ def test_a_non_editable_install_reads_a_sample_sheet(tmp_path: Path):
     (wheel,) = (tmp_path / "dist").glob("bacflow-*.whl")
     venv.create(tmp_path / "fresh", with_pip=False)
     python = tmp_path / "fresh" / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # This environment's packages without its editable bacflow: a path line adds the folder, not its .pth files.
     (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     write_sheet(tmp_path / "samples.tsv", [("SRR492066", str(PYRODIGAL_DATA / "SRR492066.fna.gz"), "11", "mag")])
     code = (
         "import sys, bacflow\n"
@@ -78,6 +91,12 @@ def test_a_non_editable_install_reads_a_sample_sheet(tmp_path: Path):
         "print(sample.genome_id, sample.kind, sample.genetic_code, sample.split)"
     )
     alone = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no source tree on the path
-    result = subprocess.run([python, "-c", code, str(tmp_path / "samples.tsv"), site], capture_output=True, text=True, cwd=tmp_path, env=alone)
+    result = subprocess.run(
+        [python, "-c", code, str(tmp_path / "samples.tsv"), site],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=alone,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["SRR492066", "mag", "11", "None"]

@@ -32,11 +32,11 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from bacflow.families import mmseqs
 from bacflow.bacformer.model import build_tiny_bacformer
+from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2
+from bacflow.families import mmseqs
 from bacflow.families.stage import FamilyParams, build_families
 from bacflow.proteins.annotate import GenomeProteins
-from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2
 from bacflow.proteins.unique import sequence_buckets
 from conftest import CT_114V1_FASTA, CT_114V1_PRODIGAL_GFF, PYRODIGAL_DATA, SHARED_DATA, SMALL_GENOME
 from workflow_helpers import REPO, planned_jobs, snakemake, write_sheet

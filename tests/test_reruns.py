@@ -32,14 +32,21 @@ GENOMES = [
 
 
 def write_sheet(path: Path, genomes: list[tuple[str, str, str]]) -> Path:
-    rows = ["genome_id\tpath\tkind"] + [f"{genome_id}\t{PYRODIGAL_DATA / name}\t{kind}" for genome_id, name, kind in genomes]
+    rows = ["genome_id\tpath\tkind"] + [
+        f"{genome_id}\t{PYRODIGAL_DATA / name}\t{kind}" for genome_id, name, kind in genomes
+    ]
     path.write_text("\n".join(rows) + "\n")
     return path
 
 
 def run_args(workdir: Path, sheet: Path, outdir: str, *config: str, configfiles: tuple[Path, ...] = ()) -> list[str]:
     return [
-        *("--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "demo.yaml"), *map(str, configfiles)),
+        *(
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+            str(REPO / "config" / "demo.yaml"),
+            *map(str, configfiles),
+        ),
         *("--config", f"samples={sheet}", f"outdir={workdir / outdir}", *config),
     ]
 
@@ -115,7 +122,9 @@ def test_a_shard_of_quarantined_genomes_flows_through_every_stage(tmp_path: Path
     (tmp_path / "not_dna.fna").write_text("this is not a genome\n")
     sheet = write_sheet(tmp_path / "samples.tsv", GENOMES[:1])
     with sheet.open("a") as handle:
-        handle.write(f"empty_record\t{tmp_path / 'empty_record.fna'}\tdraft\nnot_dna\t{tmp_path / 'not_dna.fna'}\tdraft\n")
+        handle.write(
+            f"empty_record\t{tmp_path / 'empty_record.fna'}\tdraft\nnot_dna\t{tmp_path / 'not_dna.fna'}\tdraft\n"
+        )
     result = snakemake(tmp_path, *run_args(tmp_path, sheet, "results"), "--", "bacformer")
     assert "2 quarantined" in result.stdout and "empty_record" in result.stdout and "not_dna" in result.stdout
 
@@ -146,7 +155,13 @@ def test_the_readme_command_resumes_a_killed_run(first_run: Path, tmp_path: Path
     same command with --rerun-incomplete (README, Running it): the results equal those of an unbroken run."""
     sheet = first_run / "three.tsv"
     command = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", *run_args(tmp_path, sheet, "results")]
-    run = subprocess.Popen([*command, "--", "bacformer"], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        [*command, "--", "bacformer"],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list((tmp_path / "results" / "embeddings").glob("*/parts/*.parquet")) and time.monotonic() < deadline:
         assert run.poll() is None, "the run ended before it could be killed"

@@ -74,9 +74,9 @@ def test_profile_places_every_gpu_rule_and_no_cpu_rule(rules: dict[str, dict]):
     assert not unknown, f"set-resources names rules the workflow does not have: {unknown}"
     for name, rule in rules.items():
         if rule["gpu"]:
-            assert set_resources.get(name, {}).get(
-                "slurm_partition"
-            ), f"rule {name} asks for a GPU: give it a GPU partition in slurm/profile.v9+.yaml set-resources"
+            assert set_resources.get(name, {}).get("slurm_partition"), (
+                f"rule {name} asks for a GPU: give it a GPU partition in slurm/profile.v9+.yaml set-resources"
+            )
         else:
             assert not GPU_RESOURCES & set(set_resources.get(name, {})), f"CPU rule {name} gets GPU resources"
     assert not GPU_RESOURCES & set(PROFILE.get("default-resources", {})), "default-resources would give every job a GPU"

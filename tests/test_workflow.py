@@ -46,7 +46,11 @@ def test_proteins_target_end_to_end(cohort: Path):
     results = cohort / "results"
     proteins = ds.dataset(results / "proteins", format="parquet", partitioning="hive").to_table()
     qc = pq.read_table(results / "qc/genomes.parquet").to_pandas().set_index("genome_id")
-    assert sorted(path.name for path in (results / "proteins").iterdir()) == ["shard=00000", "shard=00001", "shard=00002"]
+    assert sorted(path.name for path in (results / "proteins").iterdir()) == [
+        "shard=00000",
+        "shard=00001",
+        "shard=00002",
+    ]
 
     counts = proteins.to_pandas().groupby("genome_id").size()
     assert counts.to_dict() == qc.loc[qc.proteins > 0, "proteins"].to_dict()
@@ -151,5 +155,7 @@ def test_lint_and_format_are_clean(tmp_path: Path):
     write_sheet(tmp_path / "samples.tsv", [("ok", str(PYRODIGAL_DATA / "KK037166.fna.gz"), "11", "draft")])
     lint = snakemake(tmp_path, "--lint", "--config", f"samples={tmp_path / 'samples.tsv'}", check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", str(REPO)], capture_output=True, text=True)
+    fmt = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", str(REPO)], capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr

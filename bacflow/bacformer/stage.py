@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +30,11 @@ import pyarrow.parquet as pq
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.tables import MODEL_KEY, RECIPE_KEYS, genome_schema, protein_schema
-from bacflow.embeddings.stage import ML_PACKAGES
-from bacflow.embeddings.store import vector_array
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import canonical_json, provenance
 from bacflow.core.tables import parquet_writer, read_metadata
+from bacflow.embeddings.stage import ML_PACKAGES
+from bacflow.embeddings.store import vector_array
 
 # PyTorch (and bacflow's modules that import it) is imported inside the functions that run the model: the
 # workflow imports BacformerSettings when it plans, which must not pay for loading PyTorch.
@@ -260,7 +261,7 @@ def read_shard_genomes(vectors_path: str | Path) -> Iterator[ShardGenome]:
     for batch in file.iter_batches(batch_size=_READ_ROWS, columns=columns):
         ids = batch.column(0).to_numpy(zero_copy_only=False)
         cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1), len(ids)]
-        for first, last in zip(cuts, cuts[1:]):
+        for first, last in zip(cuts, cuts[1:], strict=False):
             piece = batch.slice(first, last - first)
             if pending and pending[0].column(0)[0].as_py() != ids[first]:
                 genome = finish()
@@ -372,7 +373,7 @@ def bacformer_shard(
         for chunk in _chunks(read_shard_genomes(vectors_path), CHUNK_PROTEINS):
             plans = [plan_genome(genome.contigs(), settings, sep_token_id) for genome in chunk]
             results = embed_genomes(net, plans, genome_pooling=settings.genome_pooling, token_budget=budget)
-            for genome, plan, result in zip(chunk, plans, results):
+            for genome, plan, result in zip(chunk, plans, results, strict=False):
                 protein_writer.write_table(_protein_rows(genome, result, ids, settings.vector_dtype, proteins_path))
                 counts[plan.mode] += 1
                 counts["proteins_cut"] += int((~result.embedded).sum())

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bacflow.embeddings.stage import RECIPE, RECIPE_KEY
-from bacflow.embeddings.store import vector_type
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import provenance
 from bacflow.core.tables import parquet_writer, read_metadata, remove_stale_shards
+from bacflow.embeddings.stage import RECIPE, RECIPE_KEY
+from bacflow.embeddings.store import vector_type
 
 log = logging.getLogger("bacflow")
 
@@ -59,7 +60,9 @@ def genome_schema(dim: int) -> pa.Schema:
     )
 
 
-def gather_genomes(shard_paths: Sequence[str | Path], out_path: str | Path, protein_paths: Sequence[str | Path] = ()) -> int:
+def gather_genomes(
+    shard_paths: Sequence[str | Path], out_path: str | Path, protein_paths: Sequence[str | Path] = ()
+) -> int:
     """Stream the shards' genome rows into one table, a shard at a time; return the genome count.
 
     Refuses shards made by different models or from different ESM-2 recipes. Other shards' files in the

@@ -32,6 +32,7 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _IDENTITY_FILES = ("config.json", "vocab.txt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
+
 @dataclass(frozen=True)
 class ModelSource:
     """An ESM-2 checkpoint ready to load: the id the user gave, its folder, and its exact identity."""

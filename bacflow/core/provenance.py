@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Iterable
+from typing import Any
 
 CORE_PACKAGES = ("bacflow", "pyrodigal", "biopython", "pyarrow")
 

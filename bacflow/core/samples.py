@@ -69,7 +69,7 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
         if len(row) != len(header):
             raise InputError(f"{sheet}, line {line}: {len(row)} columns where the header has {len(header)}")
         record: dict[str, Any] = {
-            name: cell.strip() for name, cell in zip(header, row) if name in _COLUMNS and cell.strip()
+            name: cell.strip() for name, cell in zip(header, row, strict=False) if name in _COLUMNS and cell.strip()
         }
         if "genetic_code" in record and record["genetic_code"].isdigit():
             record["genetic_code"] = int(record["genetic_code"])
@@ -79,9 +79,7 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
             column = error.path[0] if error.path else (error.message.split("'")[1] if "'" in error.message else "?")
             raise InputError(f"{where}, column '{column}': {error.message}")
         if record["genome_id"] in first_line_of:
-            raise InputError(
-                f"{where}, column 'genome_id': duplicate of line {first_line_of[record['genome_id']]}"
-            )
+            raise InputError(f"{where}, column 'genome_id': duplicate of line {first_line_of[record['genome_id']]}")
         first_line_of[record["genome_id"]] = line
         for column in ("path", "gff"):
             if column in record:

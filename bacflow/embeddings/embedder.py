@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -101,7 +102,9 @@ class EmbeddedBatch:
 class Embedder:
     """Embeds protein sequences with an ESM-2 encoder under one recipe's tokens and pooling."""
 
-    def __init__(self, encoder: EsmEncoder, tokenizer: EsmTokenizer, *, pooling: str, max_length: int, token_budget: int):
+    def __init__(
+        self, encoder: EsmEncoder, tokenizer: EsmTokenizer, *, pooling: str, max_length: int, token_budget: int
+    ):
         import torch
 
         self.encoder = encoder
@@ -118,7 +121,9 @@ class Embedder:
         """Fail when the loaded weights give NaN or infinite vectors (broken or badly converted weights)."""
         vector = next(self.batches([PROBE_SEQUENCE])).vectors
         if not bool(self.torch.isfinite(vector).all()):
-            raise InputError(f"model {source} gives NaN or infinite vectors for a probe protein: its weights are broken")
+            raise InputError(
+                f"model {source} gives NaN or infinite vectors for a probe protein: its weights are broken"
+            )
 
     def batches(self, sequences: Sequence[str]) -> Iterator[EmbeddedBatch]:
         """Embed `sequences` (normalised here), longest first; vectors stay on the device until read."""
@@ -142,7 +147,11 @@ class Embedder:
                         "lower embeddings.max_length or use a GPU with more memory"
                     ) from None
                 self.token_budget = (size // 2) * int(bound[order[start]])
-                log.warning("out of GPU memory with %d proteins; retrying in halves (budget now %d tokens)", size, self.token_budget)
+                log.warning(
+                    "out of GPU memory with %d proteins; retrying in halves (budget now %d tokens)",
+                    size,
+                    self.token_budget,
+                )
                 self.torch.cuda.empty_cache()
                 continue
             start += size
@@ -182,4 +191,3 @@ class Embedder:
         self.model_calls += 1
         self.sequences_embedded += len(sequences)
         return EmbeddedBatch(positions, vectors, tokens, truncated)
-

@@ -80,7 +80,8 @@ class EsmEncoder:
             # transformers turns query and key in float32 with cos/sin tables rounded to the model's
             # dtype; the same here, so that bfloat16 runs match theirs too.
             angles = torch.outer(
-                torch.arange(config.max_position_embeddings, dtype=torch.float32), model.rotary_embeddings.inv_freq.float().cpu()
+                torch.arange(config.max_position_embeddings, dtype=torch.float32),
+                model.rotary_embeddings.inv_freq.float().cpu(),
             )
             self.cos = angles.cos().to(self.dtype).float().to(self.device)
             self.sin = angles.sin().to(self.dtype).float().to(self.device)

@@ -26,22 +26,23 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
 from bacflow.core.errors import InputError
 from bacflow.core.models import choose_device, resolve_model
-from bacflow.embeddings.esm_model import load_esm
-from bacflow.embeddings.recipe import EmbeddingRecipe
 from bacflow.core.provenance import CORE_PACKAGES, provenance
 from bacflow.core.tables import atomic_path, leftovers, read_metadata, remove_stale_shards, write_parquet
+from bacflow.embeddings.esm_model import load_esm
+from bacflow.embeddings.recipe import EmbeddingRecipe
+from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
 from bacflow.proteins.unique import bucket_of
 
 if TYPE_CHECKING:
@@ -126,7 +127,9 @@ def read_bucket(path: str | Path, bucket: int, n_buckets: int) -> pa.Table:
         table = pq.read_table(path, columns=["seq_hash", "sequence"])
     except (OSError, pa.ArrowException) as error:
         raise InputError(f"bucket file {path}: unreadable or lacks seq_hash/sequence ({error})") from None
-    for row, (seq_hash, sequence) in enumerate(zip(table.column(0).to_pylist(), table.column(1).to_pylist())):
+    for row, (seq_hash, sequence) in enumerate(
+        zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=False)
+    ):
         if not sequence or not seq_hash:
             raise InputError(f"bucket file {path}, row {row}: empty sequence or seq_hash")
         if bucket_of(seq_hash, n_buckets) != bucket:
@@ -174,7 +177,14 @@ def embed_bucket(
         vector_dtype=settings.vector_dtype,
     )
     store = EmbeddingStore(store_root, recipe).open()
-    log.info("bucket %04d: %d sequences; recipe %s on %s; store %s", bucket, sequences.num_rows, recipe.key, device, store.folder)
+    log.info(
+        "bucket %04d: %d sequences; recipe %s on %s; store %s",
+        bucket,
+        sequences.num_rows,
+        recipe.key,
+        device,
+        store.folder,
+    )
     metadata = {
         **provenance("embed_bucket", {"bucket": bucket, "buckets": n_buckets, **asdict(settings)}, ML_PACKAGES),
         RECIPE_KEY: recipe.key,
@@ -190,19 +200,32 @@ def embed_bucket(
     new_parts: list[pa.Table] = []
     model_calls = 0
     if missing.num_rows:
-        new_parts, model_calls = _embed_missing(missing, source.path, device, dtype, settings, store, bucket, n_buckets, metadata)
+        new_parts, model_calls = _embed_missing(
+            missing, source.path, device, dtype, settings, store, bucket, n_buckets, metadata
+        )
     dim = _hidden_size(source.path)
     stored = [table.append_column("embedded", pa.repeat(True, table.num_rows)) for table in new_parts]
     if found is not None:
         stored.append(found.append_column("embedded", pa.repeat(False, found.num_rows)))
-    vectors = pa.concat_tables(stored) if stored else part_schema(dim, recipe.vector_dtype).empty_table().append_column(
-        "embedded", pa.array([], pa.bool_())
+    vectors = (
+        pa.concat_tables(stored)
+        if stored
+        else part_schema(dim, recipe.vector_dtype).empty_table().append_column("embedded", pa.array([], pa.bool_()))
     )
     if vectors.num_rows != sequences.num_rows:
         raise RuntimeError(f"bucket {bucket}: {vectors.num_rows} vectors for {sequences.num_rows} sequences")
     pending = pending_shards(shard_unique_paths, gathered_paths, recipe.key)
     log.info("bucket %04d: rows for %d of %d genome shards", bucket, len(pending), len(shard_unique_paths))
-    _write_bucket_folder(vectors, {shard: shard_unique_paths[shard] for shard in pending}, out_dir, bucket, n_buckets, recipe, dim, metadata)
+    _write_bucket_folder(
+        vectors,
+        {shard: shard_unique_paths[shard] for shard in pending},
+        out_dir,
+        bucket,
+        n_buckets,
+        recipe,
+        dim,
+        metadata,
+    )
     return {
         "recipe": recipe.key,
         "sequences": sequences.num_rows,
@@ -232,7 +255,11 @@ def _embed_missing(
 
     model, tokenizer = load_esm(model_path, device, getattr(torch, dtype))
     embedder = Embedder(
-        EsmEncoder(model), tokenizer, pooling=settings.pooling, max_length=settings.max_length, token_budget=settings.token_budget(device)
+        EsmEncoder(model),
+        tokenizer,
+        pooling=settings.pooling,
+        max_length=settings.max_length,
+        token_budget=settings.token_budget(device),
     )
     embedder.check_probe(model_path)
     probe_calls = embedder.model_calls
@@ -244,7 +271,9 @@ def _embed_missing(
         table = pa.table(
             {
                 "seq_hash": pa.array(hashes[positions], pa.string()),
-                "vector": vector_array(torch.cat([batch.vectors for batch in pending]).cpu().numpy(), settings.vector_dtype),
+                "vector": vector_array(
+                    torch.cat([batch.vectors for batch in pending]).cpu().numpy(), settings.vector_dtype
+                ),
                 "tokens": pa.array(np.concatenate([batch.tokens for batch in pending]), pa.int32()),
                 "truncated": pa.array(np.concatenate([batch.truncated for batch in pending])),
             }
@@ -323,7 +352,9 @@ def _fill_bucket_folder(
                 f"{unique_path} lists sequences that bucket {bucket} lacks: the unique tables "
                 "are out of date (rerun with --forcerun unique_bucket)"
             )
-        write_parquet(vectors.take(rows).select(schema.names).cast(schema), out_dir / f"shard={shard}.parquet", metadata)
+        write_parquet(
+            vectors.take(rows).select(schema.names).cast(schema), out_dir / f"shard={shard}.parquet", metadata
+        )
     info = {"bucket": bucket, "buckets": n_buckets, "dim": dim, "recipe": recipe.description()}
     with atomic_path(out_dir / BUCKET_INFO) as temporary:
         temporary.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -358,7 +389,10 @@ def gather_shard(
         raise InputError(f"shard {shard}: bucket folders {buckets} given, not all {info['buckets']} buckets")
     schema = bucket_schema(vector_type(info["dim"], info["recipe"]["vector_dtype"]))
     recipe = EmbeddingRecipe(**{key: info["recipe"][key] for key in EmbeddingRecipe.__dataclass_fields__})
-    pieces = [_shard_rows(folder, bucket_info, shard, proteins, schema, recipe, store_root) for folder, bucket_info in infos.items()]
+    pieces = [
+        _shard_rows(folder, bucket_info, shard, proteins, schema, recipe, store_root)
+        for folder, bucket_info in infos.items()
+    ]
     vectors = pa.concat_tables(pieces)
     rows = pc.index_in(proteins.column("seq_hash"), value_set=vectors.column("seq_hash"))
     if rows.null_count:
@@ -386,7 +420,9 @@ def _bucket_info(folder: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"bucket folder {folder}: no readable {BUCKET_INFO} ({error}); rerun its embed_bucket job") from None
+        raise InputError(
+            f"bucket folder {folder}: no readable {BUCKET_INFO} ({error}); rerun its embed_bucket job"
+        ) from None
 
 
 def _shard_rows(
@@ -408,7 +444,11 @@ def _shard_rows(
     found = EmbeddingStore(store_root, recipe).lookup(mine, info["bucket"], info["buckets"]) if len(mine) else None
     if found is None:
         return schema.empty_table()
-    return found.select(["seq_hash", "vector", "truncated"]).append_column("embedded", pa.repeat(False, found.num_rows)).cast(schema)
+    return (
+        found.select(["seq_hash", "vector", "truncated"])
+        .append_column("embedded", pa.repeat(False, found.num_rows))
+        .cast(schema)
+    )
 
 
 def _genome_qc(proteins: pa.Table, picked: pa.Table) -> pa.Table:
@@ -444,7 +484,9 @@ def _genome_qc(proteins: pa.Table, picked: pa.Table) -> pa.Table:
     )
 
 
-def embedding_qc(shard_qc_paths: Iterable[str | Path], out_path: str | Path, vectors_paths: Iterable[str | Path] = ()) -> int:
+def embedding_qc(
+    shard_qc_paths: Iterable[str | Path], out_path: str | Path, vectors_paths: Iterable[str | Path] = ()
+) -> int:
     """Concatenate the shards' per-genome embedding QC; return the number of genomes. Other shards' files
     in the vectors and QC folders are removed (see `remove_stale_shards`)."""
     shard_qc_paths = list(shard_qc_paths)
@@ -453,5 +495,7 @@ def embedding_qc(shard_qc_paths: Iterable[str | Path], out_path: str | Path, vec
     tables = [pq.read_table(path, schema=QC_SCHEMA) for path in shard_qc_paths]
     qc = pa.concat_tables(tables) if tables else QC_SCHEMA.empty_table()
     recipes = {read_metadata(path).get(RECIPE_KEY) for path in shard_qc_paths} - {None}
-    write_parquet(qc, out_path, {**provenance("embed_qc", {"shards": len(tables)}), RECIPE_KEY: ",".join(sorted(recipes))})
+    write_parquet(
+        qc, out_path, {**provenance("embed_qc", {"shards": len(tables)}), RECIPE_KEY: ",".join(sorted(recipes))}
+    )
     return qc.num_rows

@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bacflow.core.errors import InputError
-from bacflow.embeddings.recipe import EmbeddingRecipe
 from bacflow.core.tables import atomic_path, write_parquet
+from bacflow.embeddings.recipe import EmbeddingRecipe
 
 _PART = re.compile(r"^b(\d{4})-of-(\d{4})-([0-9a-f]{16})\.parquet$")
 _ARROW_FLOATS = {"float32": pa.float32(), "float16": pa.float16()}

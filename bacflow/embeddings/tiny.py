@@ -12,8 +12,8 @@ says so (``bacflow_random_init``), and bacflow logs a warning whenever it loads 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: ESM-2's alphabet in token-id order (fair-esm ``Alphabet``: 4 prefix tokens, 25 residue codes, gap
 #: characters, then ``<null_1>`` and ``<mask>``), as in the hub checkpoints' ``vocab.txt``.

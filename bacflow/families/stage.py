@@ -33,9 +33,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -43,12 +44,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from bacflow.families import mmseqs
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import canonical_json, provenance
 from bacflow.core.scratch import scratch_dir
 from bacflow.core.seqhash import PROTEIN_LETTERS, protein_problem
 from bacflow.core.tables import atomic_path, write_parquet
+from bacflow.families import mmseqs
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _strictly_increasing(values: pa.ChunkedArray | pa.Array) -> bool:
 
 def _first_repeat(hashes: pa.ChunkedArray, previous: str | None) -> str:
     values = ([previous] if previous is not None else []) + hashes.to_pylist()
-    return next(value for value, following in zip(values, values[1:]) if following <= value)
+    return next(value for value, following in zip(values, values[1:], strict=False) if following <= value)
 
 
 def _check_batch(batch: pa.RecordBatch, path: Path, previous_hash: str | None) -> None:
@@ -627,7 +628,8 @@ def family_qc(
             .aggregate([("labelled", "count"), ("labelled", "sum")])
         )
         for genome_id, total, labelled in zip(
-            *(grouped.column(name).to_pylist() for name in ("genome_id", "labelled_count", "labelled_sum"))
+            *(grouped.column(name).to_pylist() for name in ("genome_id", "labelled_count", "labelled_sum")),
+            strict=False,
         ):
             counts[genome_id] = (total, labelled)
     genomes = pq.read_table(genomes_path, columns=["genome_id"]).column("genome_id").to_pylist()

@@ -58,7 +58,9 @@ _FAMILY_BATCH_ROWS = 1 << 20
 _PACKAGES = ("bacflow", "pyarrow", "numpy")
 
 
-def assign_splits(samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, str]:
+def assign_splits(
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int = 0
+) -> dict[str, str]:
     """Each genome's split: its group's split from the sheet, else one drawn from a hash of (seed, group).
 
     Genomes of a group without a ``split`` in the sheet follow a groupmate that has one; groupmates with
@@ -87,7 +89,9 @@ def assign_splits(samples: Sequence[Sample], val_fraction: float, test_fraction:
             continue
         digest = hashlib.sha256(f"{seed}\t{sample.group}".encode()).digest()
         draw = int.from_bytes(digest[:8], "big") / 2**64
-        splits[sample.genome_id] = "val" if draw < val_fraction else "test" if draw < val_fraction + test_fraction else "train"
+        splits[sample.genome_id] = (
+            "val" if draw < val_fraction else "test" if draw < val_fraction + test_fraction else "train"
+        )
     return splits
 
 
@@ -172,7 +176,9 @@ def corpus_rows(vectors_path: str | Path, families_path: str | Path, kinds: Mapp
     ends = np.append(starts[1:], len(genome_ids)).astype(np.int64)
     expected_index = np.arange(len(genome_ids)) - np.repeat(starts, ends - starts)
     if not np.array_equal(proteins.column("protein_index").to_numpy(), expected_index):
-        raise InputError(f"{vectors_path}: proteins are not in genome order (protein_index is not 0, 1, ... per genome)")
+        raise InputError(
+            f"{vectors_path}: proteins are not in genome order (protein_index is not 0, 1, ... per genome)"
+        )
     contigs = _dense_contigs(starts, proteins.column("contig_index").to_numpy())
     labelled_before = np.append(0, np.cumsum(labels != IGNORE_INDEX))
     offsets = pa.array(np.append(starts, len(genome_ids)), pa.int32())
@@ -256,7 +262,9 @@ def summarize_corpus(
                 raise InputError(f"{path}: family id {int(ids.max())} is outside the vocabulary of {vocab_size}")
             if split in ("train", "val"):
                 values, counts = np.unique(ids, return_counts=True)
-                (train_families if split == "train" else val_families).update(dict(zip(values.tolist(), counts.tolist())))
+                (train_families if split == "train" else val_families).update(
+                    dict(zip(values.tolist(), counts.tolist(), strict=False))
+                )
         summary["splits"][split] = totals
     for split in required:
         if summary["splits"][split]["genomes"] == 0:

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from bacflow.pretrain.masking import ExampleParams, pretraining_example
 from bacflow.pretrain.data import UNORDERED_KINDS
+from bacflow.pretrain.masking import ExampleParams, pretraining_example
 
 #: Streams of random numbers, so that the splits and the sampler never share draws.
 STREAMS = {"train": 0, "val": 1, "test": 2, "sampler": 3}

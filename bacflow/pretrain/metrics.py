@@ -147,7 +147,10 @@ def _panel(rows: list[dict[str, str]], title: str, series: tuple, left: int, top
     def xy(x: float, y: float) -> str:
         return f"{left + _MARGIN + (x - x_lo) / x_span * inner_w:.1f},{top + _MARGIN + (1 - (y - y_lo) / y_span) * inner_h:.1f}"
 
-    for label, value, anchor in ((f"{y_hi:.4g}", top + _MARGIN + 4, "end"), (f"{y_lo:.4g}", top + _HEIGHT - _MARGIN, "end")):
+    for label, value, anchor in (
+        (f"{y_hi:.4g}", top + _MARGIN + 4, "end"),
+        (f"{y_lo:.4g}", top + _HEIGHT - _MARGIN, "end"),
+    ):
         parts.append(f'<text x="{left + _MARGIN - 4}" y="{value}" text-anchor="{anchor}">{label}</text>')
     parts.append(
         f'<text x="{left + _WIDTH / 2}" y="{top + _HEIGHT - _MARGIN + 16}" text-anchor="middle">step '

@@ -43,13 +43,18 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import collate_inputs
+from bacflow.bacformer.modeling_bacformer import (
+    SPECIAL_TOKENS,
+    BacformerConfig,
+    BacformerForCausalGM,
+    BacformerForMaskedGM,
+)
 from bacflow.core.errors import InputError
-from bacflow.pretrain.masking import ExampleParams
-from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForCausalGM, BacformerForMaskedGM, SPECIAL_TOKENS
-from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
-from bacflow.pretrain.metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
 from bacflow.core.provenance import config_hash, tool_versions
 from bacflow.core.tables import atomic_path, leftovers
+from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
+from bacflow.pretrain.masking import ExampleParams
+from bacflow.pretrain.metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +182,9 @@ def check_resumable(checkpoint: Path, config: BacformerConfig) -> None:
         raise InputError(f"{checkpoint}: cannot read its config.json ({error})") from None
     ours = config.to_dict()
     differences = [
-        f"{key} {saved.get(key)!r} (this run: {ours.get(key)!r})" for key in ARCHITECTURE_KEYS if saved.get(key) != ours.get(key)
+        f"{key} {saved.get(key)!r} (this run: {ours.get(key)!r})"
+        for key in ARCHITECTURE_KEYS
+        if saved.get(key) != ours.get(key)
     ]
     if saved.get("model_type") != config.model_type:
         differences.insert(0, f"model_type {saved.get('model_type')!r} (this run: {config.model_type!r})")
@@ -188,7 +195,9 @@ def check_resumable(checkpoint: Path, config: BacformerConfig) -> None:
         )
 
 
-def make_model(params: PretrainParams, embedding_dim: int, vocab_size: int) -> BacformerForMaskedGM | BacformerForCausalGM:
+def make_model(
+    params: PretrainParams, embedding_dim: int, vocab_size: int
+) -> BacformerForMaskedGM | BacformerForCausalGM:
     """A new model for the corpus (vectors of ``embedding_dim``, ``vocab_size`` families), or the model of
     ``init_from`` (continued pretraining), checked against the corpus."""
     model_class = _MODEL_CLASSES[params.objective]
@@ -405,7 +414,11 @@ def train(
         eval_dataset=dataset("val"),
         data_collator=partial(collate_inputs, max_n_contigs=params.max_n_contigs),
         compute_metrics=FamilyAccuracy(),
-        callbacks=[EarlyStoppingCallback(params.early_stopping_patience), MetricsCsv(run_dir / "metrics.csv"), *callbacks],
+        callbacks=[
+            EarlyStoppingCallback(params.early_stopping_patience),
+            MetricsCsv(run_dir / "metrics.csv"),
+            *callbacks,
+        ],
         causal=params.objective == "causal",
         majority_family=corpus["majority_family"],
     )
@@ -420,7 +433,11 @@ def train(
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     # The model is the best checkpoint's (load_best_model_at_end): its metrics are that step's evaluation.
     metrics = next(
-        (entry for entry in trainer.state.log_history if entry["step"] == trainer.state.best_global_step and "eval_loss" in entry),
+        (
+            entry
+            for entry in trainer.state.log_history
+            if entry["step"] == trainer.state.best_global_step and "eval_loss" in entry
+        ),
         {},
     )
     if trainer.is_world_process_zero():
@@ -502,7 +519,9 @@ def launch(
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "run.json"
     spec.write_text(
-        json.dumps({"corpus": str(corpus_json), "run_dir": str(run_dir), "params": dataclasses.asdict(params)}, indent=1)
+        json.dumps(
+            {"corpus": str(corpus_json), "run_dir": str(run_dir), "params": dataclasses.asdict(params)}, indent=1
+        )
         + "\n"
     )
     if gpus <= 1 and nodes <= 1:

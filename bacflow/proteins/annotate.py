@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from bacflow.proteins.assembly import Assembly, Contig, read_assembly
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.core.errors import InputError
-from bacflow.proteins.genecall import WEAK_TRAINING_BASES, GeneCallingParams, call_genes, choose_mode
 from bacflow.core.samples import Sample
 from bacflow.core.seqhash import PROTEIN_LETTERS, normalise_protein, protein_problem, seq_hash
+from bacflow.proteins.assembly import Assembly, Contig, read_assembly
+from bacflow.proteins.genecall import WEAK_TRAINING_BASES, GeneCallingParams, call_genes, choose_mode
 
 log = logging.getLogger("bacflow")
 
@@ -133,7 +133,7 @@ def annotate_genome(sample: Sample, params: AnnotationParams, shard: str = "") -
         proteins_over_1022=sum(length > ESM_MAX_RESIDUES for length in lengths),
         proteins_beyond_6000=max(0, len(lengths) - MAX_N_PROTEINS),
         contigs_beyond_1000=max(0, (qc["contigs"] or 0) - MAX_N_CONTIGS),
-        partial_proteins=sum(a or b for a, b in zip(columns["partial_begin"], columns["partial_end"])),
+        partial_proteins=sum(a or b for a, b in zip(columns["partial_begin"], columns["partial_end"], strict=False)),
     )
     return GenomeProteins(columns, qc)
 
@@ -163,8 +163,7 @@ def _fill_proteins(
         except (ValueError, RuntimeError) as error:  # pyrodigal refuses training on too short a genome
             raise InputError(f"{sample.path}: gene calling failed in {mode} mode ({error})") from None
         rows = [
-            (g.contig_index, g.begin, g.end, g.strand, g.partial_begin, g.partial_end, None, g.protein)
-            for g in genes
+            (g.contig_index, g.begin, g.end, g.strand, g.partial_begin, g.partial_end, None, g.protein) for g in genes
         ]
         origin = sample.path
     contigs = assembly.contigs
@@ -202,8 +201,16 @@ def _file_proteins(assembly: Assembly, qc: dict[str, Any]) -> list[tuple]:
             missing += 1
         else:
             rows.append(
-                (cds.contig_index, cds.start, cds.end, cds.strand, cds.partial_begin, cds.partial_end,
-                 cds.protein_id, cds.translation)
+                (
+                    cds.contig_index,
+                    cds.start,
+                    cds.end,
+                    cds.strand,
+                    cds.partial_begin,
+                    cds.partial_end,
+                    cds.protein_id,
+                    cds.translation,
+                )
             )
     qc.update(pseudogenes_dropped=pseudo, cds_without_translation=missing)
     rows.sort(key=lambda row: (row[0], row[1], row[2], row[3]))

@@ -17,7 +17,7 @@ from pathlib import Path
 from Bio import BiopythonParserWarning, SeqIO
 from Bio.Data import CodonTable
 from Bio.Seq import Seq
-from Bio.SeqFeature import BeforePosition, AfterPosition
+from Bio.SeqFeature import AfterPosition, BeforePosition
 
 from bacflow.core.errors import InputError
 from bacflow.core.textio import read_text
@@ -271,7 +271,9 @@ def _parse_gff3(text: str, path: Path, contigs: list[Contig] | None, genetic_cod
                 end=max(part[2] for part in parts),
                 strand=strand,
                 protein_id=attributes.get("protein_id") or attributes.get("locus_tag") or attributes.get("ID", key),
-                translation=_translate_cds(nucleotides[parts[0][4] :], table, five_prime_partial=partial_begin if strand > 0 else partial_end),
+                translation=_translate_cds(
+                    nucleotides[parts[0][4] :], table, five_prime_partial=partial_begin if strand > 0 else partial_end
+                ),
                 pseudo=attributes.get("pseudo", "").lower() == "true",
                 partial_begin=partial_begin,
                 partial_end=partial_end,

@@ -16,8 +16,9 @@ code; the sample's genetic code is then not used, as in Prodigal.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import pyrodigal
 

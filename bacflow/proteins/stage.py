@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bacflow.core.errors import InputError
-from bacflow.proteins.annotate import QC_SCHEMA, AnnotationParams, annotate_shard
 from bacflow.core.provenance import provenance
 from bacflow.core.samples import Sample
 from bacflow.core.tables import atomic_path, remove_stale_shards, write_parquet
+from bacflow.proteins.annotate import QC_SCHEMA, AnnotationParams, annotate_shard
 
 log = logging.getLogger("bacflow")
 #: Genomes named per quarantine reason in the summary printed at the end of a run (the rest are counted).
@@ -65,7 +66,9 @@ def gather_qc(
     qc = pa.concat_tables(tables) if tables else QC_SCHEMA.empty_table()
     write_parquet(qc, genomes_path, provenance("qc", {"shards": len(tables)}))
     quarantined: dict[str, list[str]] = {}
-    for genome_id, reason in zip(qc.column("genome_id").to_pylist(), qc.column("quarantine_reason").to_pylist()):
+    for genome_id, reason in zip(
+        qc.column("genome_id").to_pylist(), qc.column("quarantine_reason").to_pylist(), strict=False
+    ):
         if reason:
             quarantined.setdefault(_reason_kind(reason), []).append(genome_id)
     lines = [
@@ -73,7 +76,9 @@ def gather_qc(
         f"{sum(map(len, quarantined.values()))} quarantined"
     ]
     for reason, genomes in sorted(quarantined.items(), key=lambda item: -len(item[1])):
-        named = ", ".join(genomes[:_NAMED_GENOMES]) + (f" and {len(genomes) - _NAMED_GENOMES} more" if len(genomes) > _NAMED_GENOMES else "")
+        named = ", ".join(genomes[:_NAMED_GENOMES]) + (
+            f" and {len(genomes) - _NAMED_GENOMES} more" if len(genomes) > _NAMED_GENOMES else ""
+        )
         lines.append(f"  {len(genomes)} x {reason}: {named}")
     if quarantined:
         lines.append(f"  (details: quarantine_reason in {genomes_path})")

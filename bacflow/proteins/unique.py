@@ -13,8 +13,8 @@ same sequence lands in the same bucket in every run and cohort with the same buc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,9 +58,7 @@ def shard_unique(proteins_path: str | Path, out_path: str | Path, n_buckets: int
     counted = _sum_by_hash(proteins.append_column("occurrences", pa.array([1] * proteins.num_rows, pa.int64())))
     counted = counted.append_column("bucket", _bucket_column(counted.column("seq_hash"), n_buckets))
     counted = counted.sort_by([("bucket", "ascending"), ("seq_hash", "ascending")])
-    write_parquet(
-        counted, out_path, provenance("unique_shard", {"buckets": n_buckets}), row_group_size=_ROW_GROUP_ROWS
-    )
+    write_parquet(counted, out_path, provenance("unique_shard", {"buckets": n_buckets}), row_group_size=_ROW_GROUP_ROWS)
 
 
 def gather_bucket(shard_unique_paths: Iterable[str | Path], bucket: int, out_path: str | Path) -> int:

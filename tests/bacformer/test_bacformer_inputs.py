@@ -131,7 +131,7 @@ def test_windows_cover_the_genome_and_keep_each_protein_away_from_cuts(
     spans = window_spans(n_tokens, window, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == n_tokens
     assert all(stop - start == min(window, n_tokens) for start, stop in spans)
-    assert all(next_start <= stop - overlap for (_, stop), (next_start, _) in zip(spans, spans[1:]))
+    assert all(next_start <= stop - overlap for (_, stop), (next_start, _) in zip(spans, spans[1:], strict=False))
     owners = window_owners(n_tokens, spans)
     for position, owner in enumerate(owners):
         start, stop = spans[owner]

@@ -21,12 +21,12 @@ from bacflow.bacformer.model import (
     pretrain_run,
     separator_id,
 )
+from bacflow.bacformer.modeling_bacformer import BacformerModel
 from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome
 from bacflow.bacformer.tables import MODEL_KEY, gather_genomes, model_identity
-from bacflow.embeddings.store import vector_array
 from bacflow.core.errors import InputError
 from bacflow.core.models import resolve_model
-from bacflow.bacformer.modeling_bacformer import BacformerModel
+from bacflow.embeddings.store import vector_array
 from bacformer_helpers import max_abs_diff, randomize, tiny_config
 
 #: fp32 outputs of the same inputs through differently padded batches (padded keys are masked).
@@ -99,7 +99,7 @@ def test_batches_of_several_genomes_equal_one_genome_at_a_time(model):
     for pooling in ("proteins", "all_positions"):
         _, alone = run(model, genomes, budget=1, genome_pooling=pooling)
         _, batched = run(model, genomes, budget=200, genome_pooling=pooling)  # up to 5 pieces per pass
-        for one, many in zip(alone, batched):
+        for one, many in zip(alone, batched, strict=False):
             assert np.abs(one.vectors - many.vectors).max() <= TOLERANCE
             assert np.abs(one.embedding - many.embedding).max() <= TOLERANCE
 
@@ -111,7 +111,7 @@ def test_a_bfloat16_model_runs_batched_and_gives_float32_vectors_near_the_float3
     _, exact = run(model, genomes)
     half = copy.deepcopy(model).to(torch.bfloat16)
     plans = [plan_genome(contigs, settings(), 2) for contigs in genomes]
-    for one, low in zip(exact, embed_genomes(half, plans, token_budget=10**6)):
+    for one, low in zip(exact, embed_genomes(half, plans, token_budget=10**6), strict=False):
         assert low.vectors.dtype == np.float32 and np.isfinite(low.vectors).all()
         assert np.abs(low.vectors - one.vectors).max() < 0.1  # post-LN vectors of unit scale, 8-bit mantissas
 
@@ -193,7 +193,7 @@ def write_shard(folder: Path, genomes: dict[str, list[np.ndarray]], contig_gap: 
             for vector in vectors:
                 rows.append((genome_id, number, index, f"{genome_id}_p{index}", f"{genome_id}_c{number}", vector))
                 index += 1
-    genome_ids, contig_index, protein_index, protein_ids, contig_ids, vectors = zip(*rows)
+    genome_ids, contig_index, protein_index, protein_ids, contig_ids, vectors = zip(*rows, strict=False)
     vectors_path, proteins_path = folder / "vectors.parquet", folder / "proteins.parquet"
     pq.write_table(
         pa.table(

@@ -4,7 +4,8 @@ stages' dataclasses, which library users get without a config): the three must a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -49,7 +50,11 @@ def test_the_schema_states_the_defaults_of_config_yaml():
     # An object's default ({}) only says that its keys' own defaults fill it in.
     stated = {path: default for path, default in defaults.items() if has_value(path) and not isinstance(default, dict)}
     assert len(stated) > 30
-    disagree = {".".join(path): (default, config_value(path)) for path, default in stated.items() if config_value(path) != default}
+    disagree = {
+        ".".join(path): (default, config_value(path))
+        for path, default in stated.items()
+        if config_value(path) != default
+    }
     assert disagree == {}, "schema default vs config.yaml"
 
 

@@ -59,7 +59,10 @@ OTHER_GENOME = with_cell(with_cell(GOOD_ROW, "genome_id", "KK037166"), "path", s
         # NCBI tables that pyrodigal cannot call genes with.
         *(
             pytest.param(
-                with_cell(OTHER_GENOME, "genetic_code", code), "genetic_code", "is not one of", id=f"genetic_code-{code}"
+                with_cell(OTHER_GENOME, "genetic_code", code),
+                "genetic_code",
+                "is not one of",
+                id=f"genetic_code-{code}",
             )
             for code in ("27", "28", "31")
         ),
@@ -106,7 +109,7 @@ def test_blank_lines_do_not_shift_line_numbers(tmp_path: Path):
 @pytest.mark.parametrize("missing", ["genome_id", "path"])
 def test_missing_required_column_names_the_header_line(tmp_path: Path, missing: str):
     header = tuple(column for column in HEADER if column != missing)
-    row = tuple(cell for column, cell in zip(HEADER, GOOD_ROW) if column != missing)
+    row = tuple(cell for column, cell in zip(HEADER, GOOD_ROW, strict=False) if column != missing)
     sheet = write_sheet(tmp_path / "samples.tsv", [row], header=header)
     with pytest.raises(InputError) as raised:
         read_samples(sheet)

@@ -58,16 +58,25 @@ def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
     current = [dataset / "shard=00000" / "part-0.parquet", files / "shard=00000.parquet", files / "shard=00002.parquet"]
     removed = remove_stale_shards(current)
     assert sorted(path.relative_to(tmp_path).as_posix() for path in removed) == [
-        "proteins/shard=00001", "proteins/shard=00002", "shards/shard=00001.parquet"
+        "proteins/shard=00001",
+        "proteins/shard=00002",
+        "shards/shard=00001.parquet",
     ]
     assert pq.read_table(dataset).num_rows == 1
-    assert sorted(path.name for path in files.iterdir()) == [".shard=00003.parquet.abc.tmp", "notes.txt", "shard=00000.parquet", "shard=00002.parquet"]
+    assert sorted(path.name for path in files.iterdir()) == [
+        ".shard=00003.parquet.abc.tmp",
+        "notes.txt",
+        "shard=00000.parquet",
+        "shard=00002.parquet",
+    ]
     (tmp_path / "shard=00009.parquet").write_text("beside a file named freely: kept")
     assert remove_stale_shards([tmp_path / "elsewhere.parquet"]) == [] and (tmp_path / "shard=00009.parquet").exists()
 
 
 def test_scratch_dir_removes_what_killed_processes_left_and_nothing_else(tmp_path: Path):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     host = re.sub(r"[^\w.]", "_", socket.gethostname())
     left = tmp_path / f"bacflow-families-{host}-{gone.stdout.strip()}-abc123"  # as a SIGKILL leaves it
     alive = tmp_path / f"bacflow-families-{host}-{os.getppid()}-def456"  # a job still running

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow.embeddings.store import EmbeddingStore, buckets_overlap, vector_array
 from bacflow.core.errors import InputError
-from bacflow.embeddings.recipe import EmbeddingRecipe
 from bacflow.core.seqhash import seq_hash
+from bacflow.embeddings.recipe import EmbeddingRecipe
+from bacflow.embeddings.store import EmbeddingStore, buckets_overlap, vector_array
 from bacflow.proteins.unique import bucket_of
 
 RECIPE = EmbeddingRecipe("org/esm2", "a" * 40, False, "float32", "mean", 1024, "float32")

@@ -35,7 +35,11 @@ def workdir(tmp_path_factory) -> Path:
     write_sheet(workdir / "samples.tsv", rows)
     model = build_esm2(workdir / "esm2-tiny")
     # One torch thread per bucket job: two jobs share the 2 cores (see esm_helpers on oversubscription).
-    config = {"embeddings": {"model": str(model)}, "embedding_store": str(workdir / "store"), "threads": {"embeddings": 1}}
+    config = {
+        "embeddings": {"model": str(model)},
+        "embedding_store": str(workdir / "store"),
+        "threads": {"embeddings": 1},
+    }
     (workdir / "esm.yaml").write_text(yaml.safe_dump(config))
     return workdir
 

@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 from transformers import EsmTokenizer
 
 from bacflow.core.errors import InputError
+from bacflow.core.seqhash import PROTEIN_LETTERS
 from bacflow.embeddings.embedder import EmbeddedBatch, Embedder, EsmTokens
 from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.embeddings.esm_model import load_esm
-from bacflow.core.seqhash import PROTEIN_LETTERS
 from bacflow.embeddings.tiny import build_esm2
 from conftest import needs_shared
 from esm_helpers import real_proteins, reference_vectors
@@ -136,7 +136,7 @@ def test_mean_over_residues_leaves_out_bos_and_eos(tiny_esm: Path):
     model, tokenizer = load_esm(tiny_esm, CPU, torch.float32)
     vectors, _, _ = embedder(tiny_esm, pooling="mean_residues").embed(proteins)
     with torch.no_grad():
-        for protein, vector in zip(proteins, vectors):
+        for protein, vector in zip(proteins, vectors, strict=False):
             hidden = model(**tokenizer(protein, return_tensors="pt")).last_hidden_state[0]
             assert np.abs(hidden[1:-1].mean(0).numpy() - vector).max() <= 1e-5
 
@@ -164,7 +164,9 @@ def test_out_of_memory_splits_the_batch_and_keeps_going(tiny_esm: Path, baseline
     assert flaky.failures >= 1 and embedding.token_budget <= 2500
     assert np.abs(vectors - baseline[1]).max() <= 1e-5
 
-    hopeless = Embedder(OutOfMemoryAbove(EsmEncoder(model), limit=100), tokenizer, pooling="mean", max_length=1024, token_budget=4096)
+    hopeless = Embedder(
+        OutOfMemoryAbove(EsmEncoder(model), limit=100), tokenizer, pooling="mean", max_length=1024, token_budget=4096
+    )
     with pytest.raises(RuntimeError, match="does not fit in GPU memory"):
         hopeless.embed(proteins[:3])
 

@@ -20,7 +20,9 @@ CPU = torch.device("cpu")
 #: bfloat16 is the compute dtype on GPUs; its test also runs on the CPU so that CI exercises it.
 DEVICES = [
     CPU,
-    pytest.param(torch.device("cuda"), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+    pytest.param(
+        torch.device("cuda"), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
 ]
 
 

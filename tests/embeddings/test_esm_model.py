@@ -87,15 +87,25 @@ def test_folder_checksum_follows_the_weights_not_the_path(tiny_esm: Path, tmp_pa
     assert recipe(copy).key == recipe(tiny_esm).key != recipe(other).key
     # What outputs write names the folder, never its path.
     assert recipe(copy).model == "local:copy" and str(tmp_path) not in json.dumps(recipe(copy).description())
-    for change in ({"dtype": "bfloat16"}, {"pooling": "mean_residues"}, {"max_length": 512}, {"vector_dtype": "float16"}):
+    for change in (
+        {"dtype": "bfloat16"},
+        {"pooling": "mean_residues"},
+        {"max_length": 512},
+        {"vector_dtype": "float16"},
+    ):
         assert recipe(tiny_esm, **change).key != recipe(tiny_esm).key, change
     hub = EmbeddingRecipe(HUB_ID, COMMIT, False, "float32", "mean", 1024, "float32")
-    assert hub.key.startswith("esm2-tiny-") and hub.key != EmbeddingRecipe(HUB_ID, "1" * 40, False, "float32", "mean", 1024, "float32").key
+    assert (
+        hub.key.startswith("esm2-tiny-")
+        and hub.key != EmbeddingRecipe(HUB_ID, "1" * 40, False, "float32", "mean", 1024, "float32").key
+    )
 
 
 def test_wrong_architecture(tmp_path: Path):
     folder = tmp_path / "bert"
-    BertModel(BertConfig(vocab_size=33, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    BertModel(
+        BertConfig(vocab_size=33, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(ESM2_VOCAB) + "\n")
     with pytest.raises(InputError, match="holds a 'bert' model.*not ESM-2"):
         load_esm(folder, torch.device("cpu"), torch.float32)
@@ -113,7 +123,11 @@ def test_folder_without_config_or_weights(tiny_esm: Path, tmp_path: Path):
 def test_missing_encoder_weights_are_an_error_not_random(tiny_esm: Path, tmp_path: Path):
     partial = shutil.copytree(tiny_esm, tmp_path / "partial")
     weights = load_file(partial / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if ".layer.1." not in k}, partial / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if ".layer.1." not in k},
+        partial / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(InputError, match="weights missing"):
         load_esm(partial, torch.device("cpu"), torch.float32)
 
@@ -130,7 +144,9 @@ def test_weights_of_the_wrong_shape(tiny_esm: Path, tmp_path: Path):
     ("bf16", "requested", "expected"),
     [(True, "auto", "bfloat16"), (False, "auto", "float16"), (True, "float32", "float32")],
 )
-def test_embeds_on_the_gpu_with_the_most_free_memory(monkeypatch: pytest.MonkeyPatch, bf16: bool, requested: str, expected: str):
+def test_embeds_on_the_gpu_with_the_most_free_memory(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, requested: str, expected: str
+):
     free_bytes = {0: 2 << 30, 1: 70 << 30, 2: 30 << 30}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_bytes))

@@ -13,8 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bacflow.families import mmseqs
 from bacflow.core.errors import InputError
+from bacflow.core.seqhash import PROTEIN_LETTERS, seq_hash
+from bacflow.core.tables import read_metadata
+from bacflow.families import mmseqs
 from bacflow.families.stage import (
     FAMILY_QC_SCHEMA,
     FamilyParams,
@@ -24,8 +26,6 @@ from bacflow.families.stage import (
     family_qc,
     iter_sorted,
 )
-from bacflow.core.seqhash import PROTEIN_LETTERS, seq_hash
-from bacflow.core.tables import read_metadata
 from bacflow.proteins.unique import UNIQUE_SCHEMA, sequence_buckets
 from conftest import SHARED_DATA, needs_shared
 
@@ -69,7 +69,9 @@ def plain_mmseqs_clusters(workdir: Path, buckets: list[Path], module: str, *args
     fasta = workdir / "plain.fasta"
     with open(fasta, "w") as handle:
         for table in iter_sorted(buckets, []):
-            for hash_, sequence in zip(table.column("seq_hash").to_pylist(), table.column("sequence").to_pylist()):
+            for hash_, sequence in zip(
+                table.column("seq_hash").to_pylist(), table.column("sequence").to_pylist(), strict=False
+            ):
                 handle.write(f">{hash_}\n{sequence}\n")
     subprocess.run(
         ["mmseqs", f"easy-{module}", fasta, workdir / "plain", workdir / "plain_tmp", "--threads", "2", *args],
@@ -220,7 +222,10 @@ def test_vocab_that_does_not_exist_or_differs_is_refused(tmp_path):
 def test_single_sequence_and_x_are_families(tmp_path):
     protein = "MSKGEELFTGVVPILVELDGDVNGHKFSVSGEGEGDATYGKLTLKFICTTGKLPVPWPTLVTTFSYGVQCFSRYPDHMKQHDFFKSAMPEGYVQERT"
     build_families(
-        sequence_buckets([protein], tmp_path / "one", 4), tmp_path / "one.parquet", tmp_path / "one_vocab", FamilyParams()
+        sequence_buckets([protein], tmp_path / "one", 4),
+        tmp_path / "one.parquet",
+        tmp_path / "one_vocab",
+        FamilyParams(),
     )
     (row,) = families_of(tmp_path / "one.parquet").values()
     assert row["family_id"] == 0 and row["representative"] == row["seq_hash"] and row["family_size"] == 1

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from bacflow.pretrain.masking import ExampleParams, genome_tokens, mask_proteins, pretraining_example, shuffled_contigs
 from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
+from bacflow.pretrain.masking import ExampleParams, genome_tokens, mask_proteins, pretraining_example, shuffled_contigs
 
 MASK, PROT, SEP, CLS, END = (SPECIAL_TOKENS[name] for name in ("MASK", "PROT_EMB", "SEP", "CLS", "END"))
 PARAMS = ExampleParams()  # the reference trainer's: p 0.15, 6000 tokens, 1000 contigs, END label 50000
@@ -221,12 +221,18 @@ def test_sequences_and_masking_match_the_reference(reference_python: Path, tmp_p
         contig_idx = np.unique(contig_idx, return_inverse=True)[1]
         labels = np.where(rng.random(n) < 0.8, rng.integers(0, 50000, n), IGNORE_INDEX)
         genomes.append(
-            {"contig_idx": contig_idx.tolist(), "labels": labels.tolist(), "max_n_proteins": max_tokens,
-             "max_n_contigs": max_contigs, "p": 0.15, "draws": 5}
+            {
+                "contig_idx": contig_idx.tolist(),
+                "labels": labels.tolist(),
+                "max_n_proteins": max_tokens,
+                "max_n_contigs": max_contigs,
+                "p": 0.15,
+                "draws": 5,
+            }
         )
     genomes += [{**genome, "p": 0.0, "draws": 1} for genome in genomes]
     theirs = reference_examples(reference_python, genomes, tmp_path)
-    for genome, draws in zip(genomes, theirs):
+    for genome, draws in zip(genomes, theirs, strict=False):
         params = ExampleParams(
             objective="masked" if genome["p"] else "causal",
             max_n_proteins=genome["max_n_proteins"],
@@ -250,7 +256,9 @@ def test_sequences_and_masking_match_the_reference(reference_python: Path, tmp_p
             ref_kinds, ref_labels = np.array(reference["special_tokens_mask"]), np.array(reference["labels"])
             # Draws differ (other random streams); counts and rules must not.
             assert (ours_kinds == MASK).sum() == (ref_kinds == MASK).sum()
-            assert np.array_equal(np.where(ours_kinds == MASK, PROT, ours_kinds), np.where(ref_kinds == MASK, PROT, ref_kinds))
+            assert np.array_equal(
+                np.where(ours_kinds == MASK, PROT, ours_kinds), np.where(ref_kinds == MASK, PROT, ref_kinds)
+            )
             for kinds, labels in ((ours_kinds, ours_labels), (ref_kinds, ref_labels)):
                 targets = labels != IGNORE_INDEX
                 assert np.isin(kinds[targets], [MASK, PROT]).all() and (kinds[-1] == END)

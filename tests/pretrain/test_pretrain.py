@@ -26,9 +26,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerConfig, BacformerForMaskedGM
 from bacflow.core.errors import InputError
-from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForMaskedGM, SPECIAL_TOKENS
-from bacflow.pretrain.trainer import PretrainParams, launch_command, make_model, newest_checkpoint, train
+from bacflow.core.samples import Sample
 from bacflow.pretrain.data import (
     SPLITS,
     assign_splits,
@@ -38,12 +38,14 @@ from bacflow.pretrain.data import (
     summarize_corpus,
 )
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset
-from bacflow.core.samples import Sample
+from bacflow.pretrain.trainer import PretrainParams, launch_command, make_model, newest_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[2]
 DIM, VOCAB = 16, 40
 GENOMES = [f"g{number:02d}" for number in range(12)]
-SPLIT_OF = {genome: "val" if number in (4, 9) else "test" if number == 11 else "train" for number, genome in enumerate(GENOMES)}
+SPLIT_OF = {
+    genome: "val" if number in (4, 9) else "test" if number == 11 else "train" for number, genome in enumerate(GENOMES)
+}
 KIND_OF = {genome: "draft" if number % 3 == 0 else "complete" for number, genome in enumerate(GENOMES)}
 #: The tiny training run every test here starts from.
 TINY = PretrainParams(
@@ -121,7 +123,9 @@ def build_corpus(
     shards, families = write_shards(folder, labelled)
     parts = {split: [] for split in SPLITS}
     for number, vectors in enumerate(shards):
-        members = [{"genome_id": g, "kind": KIND_OF[g], "split": split_of[g]} for g in GENOMES[6 * number : 6 * number + 6]]
+        members = [
+            {"genome_id": g, "kind": KIND_OF[g], "split": split_of[g]} for g in GENOMES[6 * number : 6 * number + 6]
+        ]
         outputs = {split: folder / "data" / split / f"part-{number:05d}.parquet" for split in SPLITS}
         build_corpus_shard(vectors, families, members, outputs)
         for split in SPLITS:
@@ -188,7 +192,9 @@ def test_a_group_with_two_sheet_splits_is_an_error():
 def test_corpus_layout(corpus: Path):
     summary = json.loads(corpus.read_text())
     assert {split: summary["splits"][split]["genomes"] for split in SPLITS} == {"train": 9, "val": 2, "test": 1}
-    assert summary["embedding_dim"] == DIM and summary["vocab_size"] == VOCAB and summary["embedding_dtype"] == "float32"
+    assert (
+        summary["embedding_dim"] == DIM and summary["vocab_size"] == VOCAB and summary["embedding_dtype"] == "float32"
+    )
     table = pq.read_table(corpus.parent / "train" / "part-00000.parquet")
     assert table.column_names[:5] == ["genome_id", "kind", "protein_embeddings", "contig_idx", "prot_cluster_id"]
     assert table.column("genome_id").to_pylist() == ["g00", "g01", "g02", "g03", "g05"]
@@ -316,7 +322,9 @@ def run_training(
 
 def training_rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{key: value for key, value in row.items() if key != "tokens_per_second"} for row in csv.DictReader(handle)]
+        return [
+            {key: value for key, value in row.items() if key != "tokens_per_second"} for row in csv.DictReader(handle)
+        ]
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -396,7 +404,11 @@ def test_two_processes_start_with_the_loss_of_one(corpus: Path, tmp_path: Path):
 
 def test_resuming_from_another_architecture_is_an_error(corpus: Path, tmp_path: Path):
     config = BacformerConfig(
-        hidden_size=DIM, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, protein_clusters_vocab_size=VOCAB
+        hidden_size=DIM,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        protein_clusters_vocab_size=VOCAB,
     )
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
     BacformerForMaskedGM(config).save_pretrained(checkpoint)
@@ -418,7 +430,11 @@ def test_initialising_from_an_earlier_model_continues_it(tmp_path: Path):
     """Continued pretraining: the model starts with the earlier model's weights and architecture (not
     ``pretrain.model``'s), also when it switches objective."""
     config = BacformerConfig(
-        hidden_size=DIM, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24, protein_clusters_vocab_size=VOCAB
+        hidden_size=DIM,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=24,
+        protein_clusters_vocab_size=VOCAB,
     )
     BacformerForMaskedGM(config).save_pretrained(tmp_path / "earlier")
     earlier = BacformerForMaskedGM.from_pretrained(tmp_path / "earlier").state_dict()
@@ -431,7 +447,11 @@ def test_initialising_from_an_earlier_model_continues_it(tmp_path: Path):
 
 def test_initialising_from_a_model_of_another_width_is_an_error(corpus: Path, tmp_path: Path):
     config = BacformerConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, protein_clusters_vocab_size=VOCAB
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        protein_clusters_vocab_size=VOCAB,
     )
     BacformerForMaskedGM(config).save_pretrained(tmp_path / "published")
     with pytest.raises(InputError, match="has hidden size 32 and 40 families; the corpus has 16-d protein vectors"):
@@ -456,7 +476,13 @@ def test_launch_commands():
     spec = Path("run.json")
     single = launch_command(spec, gpus=4, nodes=1, environ={})
     assert single[1:] == [
-        "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "bacflow.pretrain.trainer", "run.json"
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=4",
+        "--standalone",
+        "-m",
+        "bacflow.pretrain.trainer",
+        "run.json",
     ]
     nodes = launch_command(spec, gpus=8, nodes=2, environ={"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu01"})
     assert nodes[:6] == ["srun", "--overlap", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gpus-per-node=8"]
@@ -492,8 +518,17 @@ def test_the_reference_trainer_reads_the_corpus(corpus: Path, reference_python: 
     script, response = tmp_path / "reader.py", tmp_path / "samples.json"
     script.write_text(_REFERENCE_READER)
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    command = [str(reference_python), str(script), str(corpus.parent), str(TINY.max_n_proteins), str(VOCAB), str(response)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_DATASETS_OFFLINE": "1"}, cwd=tmp_path)
+    command = [
+        str(reference_python),
+        str(script),
+        str(corpus.parent),
+        str(TINY.max_n_proteins),
+        str(VOCAB),
+        str(response),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**env, "HF_DATASETS_OFFLINE": "1"}, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     theirs = json.loads(response.read_text())
     summary = json.loads(corpus.read_text())

@@ -107,7 +107,9 @@ def test_training_learns_next_families(run: Path):
     # Predicting the most frequent training family is right for ~0.2 % of the validation targets.
     assert float(last["eval_top1_accuracy"]) > 0.5 > 10 * float(last["eval_majority_accuracy"])
     assert float(last["eval_top5_accuracy"]) >= float(last["eval_top1_accuracy"])
-    assert all(float(row["learning_rate"]) > 0 and float(row["tokens_per_second"]) > 0 for row in rows[1:] if row["loss"])
+    assert all(
+        float(row["learning_rate"]) > 0 and float(row["tokens_per_second"]) > 0 for row in rows[1:] if row["loss"]
+    )
     assert (run / "pretrain" / RUN / "metrics.svg").read_text().startswith("<svg")
 
 
@@ -139,7 +141,15 @@ def test_the_model_folder_loads_everywhere(run: Path, reference_python: Path, tm
     }
     theirs = run_reference(
         reference_python,
-        [{"kind": "forward", "name": "causal", "model": "BacformerForCausalGM", "folder": str(folder), "inputs": [inputs]}],
+        [
+            {
+                "kind": "forward",
+                "name": "causal",
+                "model": "BacformerForCausalGM",
+                "folder": str(folder),
+                "inputs": [inputs],
+            }
+        ],
         tmp_path,
     )["causal"]["outputs"][0]
     with torch.no_grad():

@@ -14,9 +14,9 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqFeature import Location
 
+from bacflow.proteins.annotate import AnnotationParams, annotate_genome, annotate_shard
 from bacflow.proteins.assembly import read_assembly
 from bacflow.proteins.genecall import GeneCallingParams, call_genes
-from bacflow.proteins.annotate import AnnotationParams, annotate_genome, annotate_shard
 from conftest import (
     CT_114V1_FASTA,
     CT_114V1_PRODIGAL_GFF,
@@ -156,6 +156,7 @@ def test_genbank_proteins_are_its_translations(
             columns["end"],
             columns["strand"],
             columns["sequence"],
+            strict=False,
         )
     )
     expected = read_translations(translations)
@@ -195,7 +196,12 @@ def test_genbank_partial_cds_flags(annotated, gbff: Path, partial_proteins: int)
     flags = {
         (contig, start, end): (begin, finish)
         for contig, start, end, begin, finish in zip(
-            columns["contig_id"], columns["start"], columns["end"], columns["partial_begin"], columns["partial_end"]
+            columns["contig_id"],
+            columns["start"],
+            columns["end"],
+            columns["partial_begin"],
+            columns["partial_end"],
+            strict=False,
         )
         if begin or finish
     }
@@ -248,6 +254,7 @@ def test_gff_cds_translate_to_pyrodigal_calls(gff_annotation_only: Path, layout:
             columns["partial_begin"],
             columns["partial_end"],
             columns["sequence"],
+            strict=False,
         )
     )
     genes = call_genes(read_assembly(CT_114V1_FASTA).contigs, 11, "single", GeneCallingParams(mask=False))

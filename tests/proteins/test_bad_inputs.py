@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from bacflow.proteins.assembly import read_assembly
 from bacflow.core.errors import InputError
-from bacflow.families.stage import iter_sorted
-from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome, annotate_shard
 from bacflow.core.samples import Sample
 from bacflow.core.tables import write_parquet
+from bacflow.families.stage import iter_sorted
+from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome, annotate_shard
+from bacflow.proteins.assembly import read_assembly
 from bacflow.proteins.unique import gather_bucket, shard_unique
 from conftest import PYRODIGAL_DATA, SHARED_DATA, SMALL_GENOME, gunzip_text, make_sample, needs_shared
 
@@ -263,7 +263,7 @@ def test_iupac_codes_are_accepted(tmp_path: Path, annotated):
     ((header, sequence),) = fasta_records(SMALL_GENOME)
     bases = list(sequence)
     positions = [len(bases) * (number + 1) // (len(codes) + 1) for number in range(len(codes))]
-    for position, code in zip(positions, codes):
+    for position, code in zip(positions, codes, strict=False):
         bases[position] = code
     path = write_fasta(tmp_path / "iupac.fna", [(header, "".join(bases))])
     contig = read_assembly(path).contigs[0]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bacflow.proteins.annotate import AnnotationParams, annotate_genome
 from bacflow.proteins.assembly import read_assembly
 from bacflow.proteins.genecall import CalledGene, GeneCallingParams, call_genes
-from bacflow.proteins.annotate import AnnotationParams, annotate_genome
 from conftest import (
     CT_114V1_FASTA,
     CT_114V1_PRODIGAL_GFF,
@@ -126,7 +126,7 @@ def test_prokka_cds_are_all_found_with_identical_proteins():
     prokka_proteins = {
         (contig, start, end, strand): sequence
         for contig, start, end, strand, sequence in zip(
-            columns["contig_id"], columns["start"], columns["end"], columns["strand"], columns["sequence"]
+            columns["contig_id"], columns["start"], columns["end"], columns["strand"], columns["sequence"], strict=False
         )
     }
     ours = called(SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.fna.gz", "single", mask=True)
