@@ -41,8 +41,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -ra
 
+# Zero findings, checked by CI before the tests: ruff (rules and format, see pyproject.toml), snakefmt, and
+# Snakemake's own linter on the demo's plan.
 lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
+	$(BIN)/python -m bacflow.demo demo/samples.tsv
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 clean:
