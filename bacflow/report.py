@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from bacflow.bacformer.tables import MODEL_KEY
 from bacflow.core.tables import read_metadata
-from bacflow.embeddings.stage import RECIPE
+from bacflow.embeddings.recipe import RECIPE
 
 #: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).
 MAX_BARS = 40

@@ -12,7 +12,7 @@ import pytest
 
 from bacflow import report
 from bacflow.bacformer.tables import MODEL_KEY, genome_schema
-from bacflow.embeddings.stage import RECIPE
+from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.store import vector_array
 
 DIM = 6

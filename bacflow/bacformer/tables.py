@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import provenance
 from bacflow.core.tables import parquet_writer, read_metadata, remove_stale_shards
-from bacflow.embeddings.stage import RECIPE, RECIPE_KEY
+from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY
 from bacflow.embeddings.store import vector_type
 
 log = logging.getLogger("bacflow")

@@ -41,7 +41,7 @@ from bacflow.core.models import choose_device, resolve_model
 from bacflow.core.provenance import CORE_PACKAGES, provenance
 from bacflow.core.tables import atomic_path, leftovers, read_metadata, remove_stale_shards, write_parquet
 from bacflow.embeddings.esm_model import load_esm
-from bacflow.embeddings.recipe import EmbeddingRecipe
+from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
 from bacflow.proteins.unique import bucket_of
 
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bacflow")
 
 ML_PACKAGES = (*CORE_PACKAGES, "torch", "transformers", "huggingface_hub")
-RECIPE_KEY = "bacflow.embedding_recipe_key"
-RECIPE = "bacflow.embedding_recipe"
 #: Settings that decide only how work is split up, never a vector.
 _NO_OUTPUT_EFFECT = ("checkpoint_sequences",)
 #: What a bucket folder tells the shard jobs: the recipe, the vector width and type, the bucket.
