@@ -32,8 +32,10 @@ How to run
 ----------
 From the repository root, in the README's environment (10-15 minutes on 2 CPU cores)::
 
-    .venv/bin/python bench/bacformer.py --genomes 3 --repeats 3 --threads 1   # one thread: no OpenMP spin-waits on shared cores
-    .venv/bin/python bench/bacformer.py --genomes 64 --budget 48000 --repeats 3   # on a GPU node
+    # one thread: no OpenMP spin-waits on shared cores
+    .venv/bin/python bench/bacformer.py --genomes 3 --repeats 3 --threads 1
+    # on a GPU node
+    .venv/bin/python bench/bacformer.py --genomes 64 --budget 48000 --repeats 3
 
 The reference's environment is the one the parity tests create (``$BACFLOW_REFERENCE_VENV``, default
 ``~/.cache/bacflow/reference-venv``; ``--reference-python`` names another); without it that column is
@@ -170,7 +172,7 @@ def inference(args: argparse.Namespace) -> dict:
     ours, reference = None, None
     for round_ in range(args.repeats):
         for budget, label in labels.items():
-            wall, cpu, results = timed(lambda: embed_genomes(model, plans, token_budget=budget))
+            wall, cpu, results = timed(lambda budget=budget: embed_genomes(model, plans, token_budget=budget))
             ours = ours or results
             measured.setdefault(label, []).append((wall, cpu))
             print(f"round {round_ + 1}, {label}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
@@ -214,7 +216,8 @@ def inference(args: argparse.Namespace) -> dict:
                     ]
                     row[f"vs_reference_{kind}_range"] = [min(ratios), max(ratios)]
     return {
-        "device": f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'})",
+        "device": f"{device} "
+        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'})",
         "dtype": dtype,
         "threads": args.threads,
         "genomes": len(plans),
@@ -374,7 +377,8 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
         lines += [
             f"## Inference ({run['device']}, {run['dtype']}, {run['threads']} threads)",
             "",
-            f"{run['genomes']} synthetic genomes, {run['proteins']:,} proteins, {run['tokens_mean']:.0f} tokens on average "
+            f"{run['genomes']} synthetic genomes, {run['proteins']:,} proteins, "
+            f"{run['tokens_mean']:.0f} tokens on average "
             f"({run['tokens_range'][0]}-{run['tokens_range'][1]}); a random model of the published geometry "
             f"(12 layers, width 480, 8 heads); {args.repeats} round(s) after a warm-up, in each round bacflow alone, "
             "bacflow batched, then the reference. Seconds: median (each round). vs reference: the reference's "
@@ -401,7 +405,8 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
             if "max_abs_difference_from_bacflow" in row:
                 lines += [
                     "",
-                    f"Largest difference between the two sides' protein vectors: {row['max_abs_difference_from_bacflow']:.1e}.",
+                    "Largest difference between the two sides' protein vectors: "
+                    f"{row['max_abs_difference_from_bacflow']:.1e}.",
                 ]
         lines.append("")
     if "pipeline" in result:
@@ -410,9 +415,11 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
         lines += [
             "## Share of the pipeline",
             "",
-            f"The demo from scratch (`config/demo.yaml`, 2 genomes, {share['demo_buckets']} buckets, {args.cores} cores): "
+            f"The demo from scratch (`config/demo.yaml`, 2 genomes, {share['demo_buckets']} buckets, "
+            f"{args.cores} cores): "
             f"{share['demo_wall_seconds']:.0f} s wall. Job seconds by stage, with the demo's tiny models and with the "
-            f"published geometries on the same inputs ({published['device']}, {published['dtype']}: ESM-2 t12 35M timed "
+            f"published geometries on the same inputs ({published['device']}, {published['dtype']}: "
+            "ESM-2 t12 35M timed "
             f"on {published['esm_sample']} of the {published['distinct_proteins']:,} distinct proteins, "
             f"{published['esm_sample_seconds']:.1f} s, and scaled; Bacformer 12 layers on both genomes, "
             f"{published['bacformer_seconds']:.1f} s; added to the demo jobs' own seconds):",
@@ -423,7 +430,8 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
         for stage, seconds in share["demo_stage_seconds"].items():
             lines.append(f"| {stage} | {seconds:.1f} | {share['estimated_stage_seconds'][stage]:.1f} |")
         lines += [
-            f"| **Bacformer share** | **{share['demo_bacformer_share']:.1%}** | **{share['estimated_bacformer_share']:.1%}** |",
+            f"| **Bacformer share** | **{share['demo_bacformer_share']:.1%}** | "
+            f"**{share['estimated_bacformer_share']:.1%}** |",
             "",
         ]
     devices = [

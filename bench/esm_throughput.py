@@ -297,27 +297,32 @@ def report(result: dict) -> str:
         "",
         f"Command: `{result['command']}` ({result['date']})",
         "",
-        f"{result['proteins']} real proteins ({result['tokens']:,} tokens with BOS/EOS, {result['proteins_over_1022']} over "
+        f"{result['proteins']} real proteins ({result['tokens']:,} tokens with BOS/EOS, "
+        f"{result['proteins_over_1022']} over "
         f"1,022 aa), facebook/esm2_t12_35M_UR50D architecture with random weights; bacflow's token budget "
         f"{result['token_budget']:,}; the reference ran {result['reference_padded_tokens']:,} tokens with padding, "
-        f"attention `{result['reference_attention']}` (transformers' default). Measured {result['dtype']} matrix-multiply rate: {result['matmul_gflop_per_s']:.0f} GFLOP/s. "
+        f"attention `{result['reference_attention']}` (transformers' default). "
+        f"Measured {result['dtype']} matrix-multiply rate: {result['matmul_gflop_per_s']:.0f} GFLOP/s. "
         f"1-minute load average {result['load_average_1min']['min']:.1f}-{result['load_average_1min']['max']:.1f} "
         f"on {result['machine']['cpus']} CPUs, {result['machine']['torch_threads']} torch thread(s). Chunks measured: "
         f"{result['chunks_measured']}.",
         "",
-        "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of matmul rate | speed-up | speed-up (CPU s) |",
+        "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of matmul rate | speed-up "
+        "| speed-up (CPU s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in result["results"].items():
         lines.append(
-            f"| {name} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['proteins_per_s']:.2f} | {row['tokens_per_s']:.0f} | "
+            f"| {name} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['proteins_per_s']:.2f} | "
+            f"{row['tokens_per_s']:.0f} | "
             f"{row['gflop_per_s']:.1f} | {row['mfu']:.0%} | {row['ratio']:.2f}x | {row['cpu_ratio']:.2f}x |"
         )
     lines += ["", f"Max |bacflow - reference| over all vector entries: {result['max_abs_difference']:.2e}."]
     if result["dtype"] == "float32":
         lines += [
             "",
-            "GPU numbers (bf16 ours vs fp32 reference, MFU) are not in this file: no GPU was available when it was made.",
+            "GPU numbers (bf16 ours vs fp32 reference, MFU) are not in this file: "
+            "no GPU was available when it was made.",
         ]
     if result["dedup"]:
         dedup = result["dedup"]

@@ -237,7 +237,7 @@ def time_split(log: Path) -> dict[str, float]:
     """Seconds in each MMseqs2 module and in everything bacflow logged after the first module started."""
     lines = [line.split(" ", 2) for line in log.read_text().splitlines() if line[:1].isdigit()]
     split: dict[str, float] = {}
-    for index, (stamp, name, message) in enumerate(lines):
+    for index, (stamp, _name, message) in enumerate(lines):
         if message.startswith("running "):
             module = message.split()[2]
             end = next(

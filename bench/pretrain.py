@@ -141,13 +141,17 @@ def measure(args: argparse.Namespace, geometry: str, n_proteins: int, device: to
 
 def report(args: argparse.Namespace, command: str, machine: dict, results: list[dict]) -> str:
     utilisation = args.peak_tflops is not None
-    header = "| geometry | parameters | proteins | tokens | step s | tokens/s | CPU s per step | tokens per CPU s | TFLOP/s |"
+    header = (
+        "| geometry | parameters | proteins | tokens | step s | tokens/s | CPU s per step | tokens per CPU s "
+        "| TFLOP/s |"
+    )
     header += " FLOP utilisation |" if utilisation else ""
     rows = []
     for r in results:
         row = (
             f"| {r['geometry']} | {r['parameters'] / 1e6:.1f} M | {r['proteins']:,} | {r['tokens']:,} | "
-            f"{r['step_s_median']:.2f} ({r['step_s_min']:.2f}) | {r['tokens_per_s_median']:,.0f} ({r['tokens_per_s_max']:,.0f}) | "
+            f"{r['step_s_median']:.2f} ({r['step_s_min']:.2f}) | "
+            f"{r['tokens_per_s_median']:,.0f} ({r['tokens_per_s_max']:,.0f}) | "
             f"{r['cpu_s_median']:.2f} | {r['tokens_per_cpu_s']:,.0f} | {r['tflops_median']:.3f} |"
         )
         rows.append(row + (f" {r['flop_utilisation']:.1%} |" if utilisation else ""))
@@ -159,6 +163,7 @@ def report(args: argparse.Namespace, command: str, machine: dict, results: list[
         if args.device == "cpu"
         else f"Device: {machine['device_name']}."
     )
+    checkpointing = "with" if args.gradient_checkpointing else "without"
     return f"""# Bacformer pretraining: training throughput ({args.device})
 
 Command: `{command}`
@@ -168,7 +173,7 @@ Machine: {machine["platform"]}, {machine["cpus"]} CPUs, {args.threads} torch thr
 whole run: {machine["peak_rss_mib"]:,.0f} MiB.
 
 One optimizer step of the masked objective on one genome (10 contigs), {"bf16 autocast" if args.bf16 else "float32"},
-{"with" if args.gradient_checkpointing else "without"} gradient checkpointing, dropout on: forward, backward, clipping at 2.0,
+{checkpointing} gradient checkpointing, dropout on: forward, backward, clipping at 2.0,
 AdamW. Vocabulary 50,000 families in both geometries. {args.steps} timed steps after {args.warmup} untimed; wall time
 median (fastest), the CPU time (all threads) of the median step, and model FLOPs per second (see the script). On a
 shared machine the wall times are slowed by the other work (see the load average); CPU time is less affected, and

@@ -439,14 +439,17 @@ def markdown(report: dict) -> str:
         "median shown. Ratio = time / time of the baseline with the same parallelism (1.00 = no overhead).",
         f"- same work: {report['checks']}",
         "",
-        "| variant | wall s (median) | min–max s | genomes/s | Mbp/s | wall ratio vs reference | wall ratio vs baseline | CPU s (median) | CPU ratio vs baseline | CPUs busy (CPU/wall) | other processes (CPUs) |",
+        "| variant | wall s (median) | min–max s | genomes/s | Mbp/s | wall ratio vs reference "
+        "| wall ratio vs baseline | CPU s (median) | CPU ratio vs baseline | CPUs busy (CPU/wall) "
+        "| other processes (CPUs) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in s.items():
         ratio = f"{row['ratio_to_reference']:.3f} (vs {row['reference']})" if "ratio_to_reference" in row else ""
         lines.append(
             f"| {name} | {row['median_s']:.2f} | {row['min_s']:.2f}–{row['max_s']:.2f} | "
-            f"{row['genomes_per_s']:.3f} | {row['mbp_per_s']:.2f} | {ratio} | {row.get('ratio_to_baseline_1', 0):.3f} | "
+            f"{row['genomes_per_s']:.3f} | {row['mbp_per_s']:.2f} | {ratio} | "
+            f"{row.get('ratio_to_baseline_1', 0):.3f} | "
             f"{row['cpu_median_s']:.2f} | {row.get('cpu_ratio_to_baseline', 0):.3f} | {row['parallelism']:.2f} | "
             f"{row['foreign_cpus_median']:.2f} |"
         )
@@ -468,7 +471,8 @@ def markdown(report: dict) -> str:
             "Where the Snakemake runs' time goes (medians over repeats; job = the rule's `benchmark:` wall "
             "time, in-script = first to last log record of the job, i.e. bacflow's annotate + parquet write):",
             "",
-            "| variant | total s | proteins jobs (sum) s | in-script (sum) s | job start-up (sum) s | qc_genomes s | outside jobs s |",
+            "| variant | total s | proteins jobs (sum) s | in-script (sum) s | job start-up (sum) s | qc_genomes s "
+            "| outside jobs s |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, row in report["snakemake_breakdown"].items():
@@ -483,7 +487,8 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Fixed costs (CPU, from the medians): the workflow adds {f['workflow_extra_cpu_s']:.2f} CPU s to "
-            f"{report['genomes']['count']} genomes' gene calling ({f['baseline_cpu_s_per_genome']:.2f} CPU s per genome "
+            f"{report['genomes']['count']} genomes' gene calling "
+            f"({f['baseline_cpu_s_per_genome']:.2f} CPU s per genome "
             f"here): about {f['per_run_cpu_s']:.2f} s per run (Snakemake start-up + DAG, QC gather) and "
             f"{f['per_job_cpu_s']:.2f} s per shard job (interpreter, imports, script set-up, parquet). Estimated CPU "
             "ratio to the baseline, once per-run costs are amortised, by shard size: "

@@ -111,7 +111,7 @@ class LocalSlurm:
 
     def start(self) -> None:
         STATE.mkdir(parents=True, exist_ok=True)
-        self.lock = open(STATE / "lock", "w")
+        self.lock = open(STATE / "lock", "w")  # noqa: SIM115 - held (with its flock) until stop() closes it
         if not wait_for(self._try_lock, 300):
             self.lock.close()
             self.lock = None

@@ -171,7 +171,8 @@ def test_every_rule_running_code_has_an_env_that_provides_its_imports(rules: dic
         for executable in sorted(executables):
             if PACKAGE_OF_EXECUTABLE[executable] not in provided:
                 problems.append(
-                    f"rule {name} runs {executable}: {Path(rule['conda']).name} lacks {PACKAGE_OF_EXECUTABLE[executable]}"
+                    f"rule {name} runs {executable}: {Path(rule['conda']).name} "
+                    f"lacks {PACKAGE_OF_EXECUTABLE[executable]}"
                 )
     assert not problems, "\n".join(problems)
 

@@ -46,7 +46,13 @@ def test_planning_a_run_imports_no_torch(tmp_path: Path):
         *("--config", f"samples={tmp_path / 'samples.tsv'}", "outdir=results"),
         *("--", "all", "pretrain"),
     ]
-    code = "import sys, runpy; sys.argv = ['snakemake', *sys.argv[1:]]\ntry:\n    runpy.run_module('snakemake', run_name='__main__')\nexcept SystemExit as end:\n    assert not end.code, end.code"
+    code = (
+        "import sys, runpy; sys.argv = ['snakemake', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('snakemake', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    assert not end.code, end.code"
+    )
     modules = imported_modules(code, *args)
     assert "bacflow.core.samples" in modules and "bacflow.families.stage" in modules  # the rules were read
     assert not {name for name in modules if name.split(".")[0] in ("torch", "transformers")}
@@ -64,7 +70,8 @@ def test_a_non_editable_install_reads_a_sample_sheet(tmp_path: Path):
             **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
         )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("bacflow-*.whl")

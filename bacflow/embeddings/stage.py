@@ -187,7 +187,9 @@ def embed_bucket(
         **provenance("embed_bucket", {"bucket": bucket, "buckets": n_buckets, **asdict(settings)}, ML_PACKAGES),
         RECIPE_KEY: recipe.key,
         RECIPE: json.dumps(recipe.description(), sort_keys=True),
-        "bacflow.embedding_device": f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})",
+        "bacflow.embedding_device": (
+            f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
+        ),
     }
 
     hashes = sequences.column("seq_hash").combine_chunks()
@@ -376,7 +378,8 @@ def gather_shard(
     recipes = {info["recipe"]["key"]: folder for folder, info in infos.items()}
     if len(recipes) > 1:
         raise InputError(
-            f"shard {shard}: bucket outputs of different embedding recipes ({', '.join(f'{k} in {p}' for k, p in recipes.items())}); "
+            f"shard {shard}: bucket outputs of different embedding recipes "
+            f"({', '.join(f'{k} in {p}' for k, p in recipes.items())}); "
             "a bucket job probably ran without its GPU (dtype auto). Set embeddings.dtype and rerun the buckets."
         )
     if not infos:

@@ -20,8 +20,9 @@ Splits are by genome (`assign_splits`): the sheet's ``split`` column where given
 when genomes are added to the sheet.
 
 The corpus is written one genome shard at a time (`build_corpus_shard`) from the shard's gathered protein vectors
-(the embeddings stage's ``embeddings/shards/``, in genome order) and, streamed in batches, the families table. `summarize_corpus` then checks the whole corpus
-(every split it needs has genomes, there are labels to learn) reading only small columns, one file at a time.
+(the embeddings stage's ``embeddings/shards/``, in genome order) and, streamed in batches, the families table.
+`summarize_corpus` then checks the whole corpus (every split it needs has genomes, there are labels to learn) reading
+only small columns, one file at a time.
 """
 
 from __future__ import annotations

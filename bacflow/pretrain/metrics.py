@@ -136,7 +136,8 @@ def _panel(rows: list[dict[str, str]], title: str, series: tuple, left: int, top
     inner_w, inner_h = _WIDTH - 2 * _MARGIN, _HEIGHT - 2 * _MARGIN
     parts = [
         f'<text x="{left + _WIDTH / 2}" y="{top + 20}" text-anchor="middle" font-weight="bold">{title}</text>',
-        f'<rect x="{left + _MARGIN}" y="{top + _MARGIN}" width="{inner_w}" height="{inner_h}" fill="none" stroke="#999"/>',
+        f'<rect x="{left + _MARGIN}" y="{top + _MARGIN}" width="{inner_w}" height="{inner_h}" '
+        'fill="none" stroke="#999"/>',
     ]
     if not values:
         return parts + [f'<text x="{left + _WIDTH / 2}" y="{top + _HEIGHT / 2}" text-anchor="middle">no data</text>']
@@ -145,7 +146,10 @@ def _panel(rows: list[dict[str, str]], title: str, series: tuple, left: int, top
     x_span, y_span = (x_hi - x_lo) or 1.0, (y_hi - y_lo) or 1.0
 
     def xy(x: float, y: float) -> str:
-        return f"{left + _MARGIN + (x - x_lo) / x_span * inner_w:.1f},{top + _MARGIN + (1 - (y - y_lo) / y_span) * inner_h:.1f}"
+        return (
+            f"{left + _MARGIN + (x - x_lo) / x_span * inner_w:.1f},"
+            f"{top + _MARGIN + (1 - (y - y_lo) / y_span) * inner_h:.1f}"
+        )
 
     for label, value, anchor in (
         (f"{y_hi:.4g}", top + _MARGIN + 4, "end"),
@@ -160,7 +164,8 @@ def _panel(rows: list[dict[str, str]], title: str, series: tuple, left: int, top
         line = [point for point in points[key] if math.isfinite(point[1])]
         if line:
             parts.append(
-                f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(xy(*p) for p in line)}"/>'
+                f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
+                f'points="{" ".join(xy(*p) for p in line)}"/>'
             )
         parts.append(
             f'<text x="{left + _MARGIN + 4}" y="{top + _HEIGHT - 8 - 12 * (len(series) - 1 - number)}" '

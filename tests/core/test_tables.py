@@ -37,10 +37,12 @@ def test_write_parquet_keeps_metadata_and_follows_the_umask(tmp_path: Path) -> N
 
 def test_a_failed_streamed_write_leaves_nothing(tmp_path: Path) -> None:
     path = tmp_path / "streamed.parquet"
-    with pytest.raises(RuntimeError, match="killed"):
-        with parquet_writer(path, TABLE.schema, {"bacflow.stage": "test"}) as writer:
-            writer.write_table(TABLE)
-            raise RuntimeError("killed midway")
+    with (
+        pytest.raises(RuntimeError, match="killed"),
+        parquet_writer(path, TABLE.schema, {"bacflow.stage": "test"}) as writer,
+    ):
+        writer.write_table(TABLE)
+        raise RuntimeError("killed midway")
     assert os.listdir(tmp_path) == []
     with parquet_writer(path, TABLE.schema, {"bacflow.stage": "test"}) as writer:
         writer.write_table(TABLE)

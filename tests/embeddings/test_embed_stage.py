@@ -195,8 +195,18 @@ def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, ti
     settings = replace(SETTINGS, checkpoint_sequences=25)
 
     def job(name: str) -> dict:
-        return embed_bucket(tmp_path / "bucket-0.parquet", unique, tmp_path / name, gathered_paths={shard: tmp_path / "none" for shard in unique},
-                            bucket=0, n_buckets=1, model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=settings)  # fmt: skip
+        return embed_bucket(
+            tmp_path / "bucket-0.parquet",
+            unique,
+            tmp_path / name,
+            gathered_paths={shard: tmp_path / "none" for shard in unique},
+            bucket=0,
+            n_buckets=1,
+            model=str(tiny_esm),
+            revision=None,
+            store_root=tmp_path / "store",
+            settings=settings,
+        )
 
     with ThreadPoolExecutor(2) as pool:
         counts = list(pool.map(job, ["a", "b"]))
@@ -226,8 +236,9 @@ def slow(self, *args):
 EsmEncoder.__call__ = slow
 from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
 args = json.loads(sys.argv[1])
-embed_bucket(args["bucket"], args["unique"], args["out"], gathered_paths={shard: "none" for shard in args["unique"]}, bucket=0,
-             n_buckets=1, model=args["model"], revision=None, store_root=args["store"], settings=EmbeddingSettings(**args["settings"]))
+embed_bucket(args["bucket"], args["unique"], args["out"], gathered_paths={shard: "none" for shard in args["unique"]},
+             bucket=0, n_buckets=1, model=args["model"], revision=None, store_root=args["store"],
+             settings=EmbeddingSettings(**args["settings"]))
 """
 
 
@@ -382,8 +393,18 @@ def test_bucket_jobs_write_rows_only_for_shards_to_gather_and_gathers_read_the_s
     assert pending_shards(unique, gathered, first["counts"][0]["recipe"]) == []
     assert pending_shards(unique, gathered, "another-recipe") == sorted(cohort)
     os.utime(unique["00001"], (time.time() + 5, time.time() + 5))  # the shard's proteins changed
-    counts = embed_bucket(tmp_path / "bucket-0.parquet", unique, tmp_path / "again", gathered_paths=gathered, bucket=0, n_buckets=2,
-                          model=str(tiny_esm), revision=None, store_root=tmp_path / "store", settings=SETTINGS)  # fmt: skip
+    counts = embed_bucket(
+        tmp_path / "bucket-0.parquet",
+        unique,
+        tmp_path / "again",
+        gathered_paths=gathered,
+        bucket=0,
+        n_buckets=2,
+        model=str(tiny_esm),
+        revision=None,
+        store_root=tmp_path / "store",
+        settings=SETTINGS,
+    )
     assert counts["embedded"] == 0 and counts["shards"] == 1
     assert [path.name for path in sorted((tmp_path / "again").glob("shard=*"))] == ["shard=00001.parquet"]
 

@@ -38,7 +38,8 @@ def padded_batch(model_path: Path, proteins: list[str]) -> tuple[torch.Tensor, t
 def hidden_states(
     model_path: Path, dtype: torch.dtype, proteins: list[str], device: torch.device = CPU
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(EsmModel's last hidden state, the encoder's, attention mask) of one padded batch run on `device`, returned on the CPU."""
+    """(EsmModel's last hidden state, the encoder's, attention mask) of one padded batch run on `device`,
+    returned on the CPU."""
     model, _ = load_esm(model_path, device, dtype)
     ids, mask = (tensor.to(device) for tensor in padded_batch(model_path, proteins))
     with torch.inference_mode():

@@ -1,7 +1,7 @@
-"""Pretraining examples (bacflow.pretrain.masking) against the reference's transform (bacformer 0.2.0 ``transform_sample``
-and ``mask_prot_embs``, run in its own environment; https://github.com/macwiatrak/Bacformer) and against that
-transform's counts and rules: sequence construction, truncation, masking counts for n = 1000 and for genomes
-under 8 proteins, unlabelled proteins, dynamic masking, contig shuffling and the causal objective."""
+"""Pretraining examples (bacflow.pretrain.masking) against the reference's transform (bacformer 0.2.0
+``transform_sample`` and ``mask_prot_embs``, run in its own environment; https://github.com/macwiatrak/Bacformer)
+and against that transform's counts and rules: sequence construction, truncation, masking counts for n = 1000 and
+for genomes under 8 proteins, unlabelled proteins, dynamic masking, contig shuffling and the causal objective."""
 
 from __future__ import annotations
 
@@ -191,7 +191,8 @@ _REFERENCE = textwrap.dedent(
                 genome["p"], SPECIAL_TOKENS_DICT, genome["max_n_proteins"], genome["max_n_contigs"], 50000,
                 "protein_embeddings", "prot_cluster_id", dict(sample),
             )
-            results.append({key: np.asarray(built[key]).tolist() for key in ("special_tokens_mask", "labels", "token_type_ids")})
+            keys = ("special_tokens_mask", "labels", "token_type_ids")
+            results.append({key: np.asarray(built[key]).tolist() for key in keys})
         out.append(results)
     json.dump(out, open(sys.argv[2], "w"))
     """

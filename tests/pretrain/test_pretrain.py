@@ -503,10 +503,8 @@ _REFERENCE_READER = textwrap.dedent(
     data = fetch_training_data(sys.argv[1], 0.0, int(sys.argv[2]), 1000, end_token_idx=int(sys.argv[3]), test=True)
     out = {}
     for split, dataset in (("train", data.train_dataset), ("val", data.val_dataset), ("test", data.test_dataset)):
-        out[split] = [
-            {key: np.asarray(sample[key]).tolist() for key in ("prot_embeddings", "special_tokens_mask", "token_type_ids", "labels")}
-            for sample in dataset
-        ]
+        keys = ("prot_embeddings", "special_tokens_mask", "token_type_ids", "labels")
+        out[split] = [{key: np.asarray(sample[key]).tolist() for key in keys} for sample in dataset]
     json.dump(out, open(sys.argv[4], "w"))
     """
 )
