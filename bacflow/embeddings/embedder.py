@@ -43,7 +43,7 @@ class EsmTokens:
     normalised sequence (upper case, no white space) its output is one id per character, except that a
     run of characters outside the vocabulary becomes a single ``<unk>``; this class reproduces exactly
     that, and hands any sequence it cannot (non-ASCII, or a vocabulary with upper-case multi-character
-    tokens) to the tokenizer itself. tests/test_esm_embed.py checks both against each other.
+    tokens) to the tokenizer itself. tests/embeddings/test_esm_embed.py checks both against each other.
     """
 
     def __init__(self, tokenizer: EsmTokenizer, max_length: int):

@@ -1,6 +1,6 @@
 """ESM-2's forward pass for inference, over a loaded ``EsmModel``'s weights, in fewer and larger steps.
 
-It computes what ``EsmModel(...).last_hidden_state`` computes (tests/test_esm_encoder.py holds it to
+It computes what ``EsmModel(...).last_hidden_state`` computes (tests/embeddings/test_esm_encoder.py holds it to
 1e-5 in float32 on real proteins), with the same operations up to the order of some additions, but:
 
 * query, key and value come from one matrix product (their weights concatenated once), the query's
