@@ -401,8 +401,8 @@ def _shard_rows(
     rows = folder / f"shard={shard}.parquet"
     if rows.exists():
         return pq.read_table(rows, schema=schema)
-    hashes = pc.unique(proteins.column("seq_hash")).combine_chunks() if proteins.num_rows else pa.array([], pa.string())
-    mine = pa.array([h for h in hashes.to_pylist() if bucket_of(h, info["buckets"]) == info["bucket"]], pa.string())
+    hashes = pc.unique(proteins.column("seq_hash")).to_pylist()
+    mine = pa.array([h for h in hashes if bucket_of(h, info["buckets"]) == info["bucket"]], pa.string())
     log.info("shard %s: bucket %04d wrote no rows for it; reading the store", shard, info["bucket"])
     found = EmbeddingStore(store_root, recipe).lookup(mine, info["bucket"], info["buckets"]) if len(mine) else None
     if found is None:
