@@ -24,22 +24,6 @@ ESM_MODEL = functools.cache(
 )
 
 
-def gather_bucket_folders(wildcards):
-    """The bucket folders, as inputs of a shard's gather job.
-
-    Bucket jobs re-run for every new genome, and a gathered shard that is still current must not re-run
-    with them: it depends on them by existence alone (`ancient`); a change of model or settings re-runs it
-    through its params. But Snakemake never looks again at a job below an `ancient` input whose job
-    re-runs, so a shard whose outputs are missing depends on the folders as usual.
-    """
-    folders = expand(EMBEDDINGS / "buckets" / "bucket={bucket}", bucket=BUCKETS)
-    outputs = [
-        EMBEDDINGS / folder / f"shard={wildcards.shard}.parquet"
-        for folder in ("shards", "qc")
-    ]
-    return ancient(folders) if all(path.exists() for path in outputs) else folders
-
-
 # Always defined, so that `snakemake esm_tiny_model` builds one on its own; only tiny_model: true makes the
 # stage use it.
 rule esm_tiny_model:
