@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bacflow.embedding_stage import RECIPE, RECIPE_KEY
+from bacflow.esm_recipe import RECIPE, RECIPE_KEY
 from bacflow.embedding_store import vector_type
 from bacflow.errors import InputError
 from bacflow.provenance import provenance

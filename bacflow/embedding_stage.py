@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from bacflow.embedding_store import EmbeddingStore, part_schema, vector_array, vector_type
 from bacflow.errors import InputError
 from bacflow.esm_model import choose_device, load_esm, resolve_model
-from bacflow.esm_recipe import EmbeddingRecipe
+from bacflow.esm_recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.provenance import CORE_PACKAGES, provenance
 from bacflow.tables import atomic_path, leftovers, read_metadata, remove_stale_shards, write_parquet
 from bacflow.unique import bucket_of
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bacflow")
 
 ML_PACKAGES = (*CORE_PACKAGES, "torch", "transformers", "huggingface_hub")
-RECIPE_KEY = "bacflow.embedding_recipe_key"
-RECIPE = "bacflow.embedding_recipe"
 #: Settings that decide only how work is split up, never a vector.
 _NO_OUTPUT_EFFECT = ("checkpoint_sequences",)
 #: What a bucket folder tells the shard jobs: the recipe, the vector width and type, the bucket.

@@ -20,6 +20,9 @@ from bacflow.provenance import canonical_json
 POOLINGS = ("mean", "mean_residues")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 VECTOR_DTYPES = ("float32", "float16")
+#: Metadata keys of every table made from a recipe's vectors: its key, and its description (JSON).
+RECIPE_KEY = "bacflow.embedding_recipe_key"
+RECIPE = "bacflow.embedding_recipe"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bacflow.bacformer_tables import MODEL_KEY
-from bacflow.embedding_stage import RECIPE
+from bacflow.esm_recipe import RECIPE
 from bacflow.tables import read_metadata
 
 #: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).

@@ -12,7 +12,7 @@ import pytest
 
 from bacflow import report
 from bacflow.bacformer_tables import MODEL_KEY, genome_schema
-from bacflow.embedding_stage import RECIPE
+from bacflow.esm_recipe import RECIPE
 from bacflow.embedding_store import vector_array
 
 DIM = 6
