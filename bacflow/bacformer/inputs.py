@@ -15,8 +15,8 @@ on exactly these inputs:
 
 `collate_inputs` right-pads such inputs into a batch with the reference's padding values.
 
-Genomes longer than the limit lose their tail to truncation. `embed_genome_windowed` instead runs the model
-over overlapping windows, each built as the reference builds a truncated genome (CLS, a run of the genome's
+Genomes longer than the limit lose their tail to truncation. `window_spans` and `window_owners` instead cut
+the genome into overlapping windows (which `bacflow.bacformer.stage` runs the model over), each built as the reference builds a truncated genome (CLS, a run of the genome's
 tokens, END), and gives every protein exactly one contextual vector: the one from the window where the
 protein is farthest from a cut (a window edge inside the genome). The first window is the truncated input,
 and a genome that fits is a single window equal to the plain input.
@@ -40,7 +40,6 @@ from bacflow.bacformer.constants import (
     MAX_N_PROTEINS,
     SPECIAL_TOKENS,
 )
-from bacflow.bacformer.modeling_bacformer import BacformerModel
 
 
 @dataclass(frozen=True)
@@ -178,43 +177,3 @@ def window_owners(n_tokens: int, spans: Sequence[tuple[int, int]]) -> np.ndarray
         owner[start:stop][better] = index
         best[start:stop][better] = distance[better]
     return owner
-
-
-@torch.inference_mode()
-def embed_genome_windowed(
-    model: BacformerModel,
-    protein_embeddings: Sequence[ArrayLike],
-    max_n_proteins: int = MAX_N_PROTEINS,
-    overlap: int = 1000,
-    max_n_contigs: int = MAX_N_CONTIGS,
-    sep_token_id: int = INFERENCE_SEP_TOKEN_ID,
-    batch_size: int = 1,
-) -> torch.Tensor:
-    """One contextual vector per protein (n_proteins, hidden), in genome order, for a genome of any length.
-
-    Windows hold ``max_n_proteins`` tokens each (CLS and END included) and overlap by at least ``overlap``
-    tokens, so every protein's vector comes from a window where it has at least ``overlap // 2`` tokens of
-    context on each side, or reaches the genome's end on that side. ``batch_size`` windows run per forward
-    pass; all windows have the same length, so batches need no padding. Call it on a model in eval mode.
-    The result is on the CPU, in the model's dtype.
-    """
-    if max_n_proteins < 3:
-        raise ValueError(f"max_n_proteins must leave room for CLS, one token and END, got {max_n_proteins}")
-    tokens = genome_tokens(protein_embeddings, max_n_contigs, sep_token_id)
-    spans = window_spans(len(tokens), max_n_proteins - 2, overlap)
-    owners = window_owners(len(tokens), spans)
-    protein_positions = np.flatnonzero(tokens.kinds == SPECIAL_TOKENS["PROT_EMB"])
-    protein_owners = owners[protein_positions]
-    vectors: torch.Tensor | None = None
-    for first in range(0, len(spans), batch_size):
-        batch_spans = spans[first : first + batch_size]
-        batch = collate_inputs([window_inputs(tokens, start, stop, model.dtype) for start, stop in batch_spans])
-        hidden = model(**{key: value.to(model.device) for key, value in batch.items()}, return_dict=True)
-        hidden = hidden.last_hidden_state.cpu()
-        if vectors is None:
-            vectors = hidden.new_empty((len(protein_positions), hidden.shape[-1]))
-        for row, (start, _) in enumerate(batch_spans):
-            mine = protein_owners == first + row
-            # +1: each window's position 0 is its CLS
-            vectors[torch.from_numpy(mine)] = hidden[row, torch.from_numpy(protein_positions[mine] - start + 1)]
-    return vectors

@@ -321,7 +321,7 @@ class BacformerModel(BacformerPreTrainedModel):
         if seq_len > n_positions:
             raise ValueError(
                 f"{seq_len} tokens exceed the model's {n_positions} rotary positions; split the genome into "
-                "windows (bacflow.bacformer.inputs.embed_genome_windowed) or truncate it"
+                "windows (bacflow.bacformer.stage, mode windowed) or truncate it"
             )
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         cos, sin = (table[:seq_len].to(hidden.device) for table in rotary_tables(head_dim, n_positions))

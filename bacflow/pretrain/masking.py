@@ -64,8 +64,10 @@ class ExampleParams:
 
 
 @dataclass(frozen=True)
-class GenomeTokens:
-    """A genome's token sequence before masking: for each token, the row of its protein vector (-1: special)."""
+class TrainingTokens:
+    """A genome's token sequence before masking, as the reference lays it out for training (its separators
+    differ from the inference layout of `bacflow.bacformer.inputs.GenomeTokens`): for each token, the row of
+    its protein vector (-1: special)."""
 
     protein_rows: np.ndarray  # (length,) int64 index into the genome's proteins, -1 at CLS, SEP, END
     kinds: np.ndarray  # (length,) int64 special_tokens_mask values
@@ -85,7 +87,7 @@ def shuffled_contigs(contig_idx: np.ndarray, rng: np.random.Generator) -> tuple[
     return order, new_contig[order]
 
 
-def genome_tokens(contig_idx: np.ndarray, labels: np.ndarray, params: ExampleParams) -> GenomeTokens:
+def training_tokens(contig_idx: np.ndarray, labels: np.ndarray, params: ExampleParams) -> TrainingTokens:
     """The reference's ``transform_sample`` sequence (CLS, proteins and separators, END), before masking."""
     n = len(contig_idx)
     capped = np.minimum(np.asarray(contig_idx, np.int64), params.max_n_contigs - 1)
@@ -110,7 +112,7 @@ def genome_tokens(contig_idx: np.ndarray, labels: np.ndarray, params: ExamplePar
     token_types[-1] = last_contig
 
     keep = params.max_n_proteins - 1
-    return GenomeTokens(
+    return TrainingTokens(
         protein_rows=np.append(protein_rows[:keep], -1),
         kinds=np.append(kinds[:keep], SPECIAL_TOKENS["END"]),
         token_types=np.append(token_types[:keep], last_contig),
@@ -152,7 +154,7 @@ def pretraining_example(
     if shuffle_contigs:
         order, contig_idx = shuffled_contigs(contig_idx, rng)
         protein_embeddings, labels = protein_embeddings[order], labels[order]
-    tokens = genome_tokens(contig_idx, labels, params)
+    tokens = training_tokens(contig_idx, labels, params)
     kinds, targets = tokens.kinds, tokens.labels
     if params.objective == "masked":
         kinds, targets = mask_proteins(kinds, targets, params.mgm_probability, rng)

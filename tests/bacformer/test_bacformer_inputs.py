@@ -8,20 +8,33 @@ import numpy as np
 import pytest
 import torch
 
+from bacflow.bacformer.constants import INFERENCE_SEP_TOKEN_ID, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import (
     collate_inputs,
-    embed_genome_windowed,
     genome_tokens,
     protein_embeddings_to_inputs,
     window_owners,
     window_spans,
 )
 from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerModel
+from bacflow.bacformer.stage import BacformerSettings, embed_genomes, plan_genome
 from bacformer_helpers import max_abs_diff, randomize, run_reference, tiny_config
 
 #: Windowed outputs against single runs of the same window: fp32, the same tiny model.
 WINDOW_TOLERANCE = 1e-5
 PROT_EMB = SPECIAL_TOKENS["PROT_EMB"]
+
+
+def embed_genome_windowed(
+    model: BacformerModel, contigs: list, max_n_proteins: int = MAX_N_PROTEINS, overlap: int = 1000, batch_size: int = 1
+) -> torch.Tensor:
+    """One contextual vector per protein through the shard jobs' planner and model run (mode windowed),
+    `batch_size` windows per forward pass."""
+    settings = BacformerSettings(mode="windowed", max_n_proteins=max_n_proteins, window_overlap=overlap)
+    plan = plan_genome(contigs, settings, INFERENCE_SEP_TOKEN_ID)
+    (result,) = embed_genomes(model.eval(), [plan], token_budget=batch_size * max_n_proteins)
+    assert result.embedded.all()
+    return torch.from_numpy(result.vectors)
 
 
 def genome(seed: int, contig_sizes: list[int], dim: int = 8) -> list[list[np.ndarray]]:

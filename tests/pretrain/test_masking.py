@@ -15,7 +15,13 @@ import pytest
 import torch
 
 from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, SPECIAL_TOKENS
-from bacflow.pretrain.masking import ExampleParams, genome_tokens, mask_proteins, pretraining_example, shuffled_contigs
+from bacflow.pretrain.masking import (
+    ExampleParams,
+    mask_proteins,
+    pretraining_example,
+    shuffled_contigs,
+    training_tokens,
+)
 
 MASK, PROT, SEP, CLS, END = (SPECIAL_TOKENS[name] for name in ("MASK", "PROT_EMB", "SEP", "CLS", "END"))
 PARAMS = ExampleParams()  # the reference trainer's: p 0.15, 6000 tokens, 1000 contigs, END label 50000
@@ -31,14 +37,14 @@ def example(n: int, seed: int = 0, contigs: np.ndarray | None = None, labels: np
 
 def test_golden_sequence_of_the_reference():
     """The reference's sequence construction for contigs [0,0,0,1,1,2,2], family ids 10..16."""
-    tokens = genome_tokens(np.array([0, 0, 0, 1, 1, 2, 2]), np.arange(10, 17), PARAMS)
+    tokens = training_tokens(np.array([0, 0, 0, 1, 1, 2, 2]), np.arange(10, 17), PARAMS)
     assert tokens.kinds.tolist() == [2, 4, 4, 4, 3, 4, 4, 3, 4, 4, 3, 5]
     assert tokens.labels.tolist() == [-100, 10, 11, 12, -100, 13, 14, -100, 15, 16, -100, 50000]
     assert tokens.token_types.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
 
 
 def test_truncation_keeps_the_end_token_of_the_last_contig():
-    tokens = genome_tokens(np.array([0, 0, 0, 1, 1, 2, 2]), np.arange(7), ExampleParams(max_n_proteins=5))
+    tokens = training_tokens(np.array([0, 0, 0, 1, 1, 2, 2]), np.arange(7), ExampleParams(max_n_proteins=5))
     assert tokens.kinds.tolist() == [CLS, PROT, PROT, PROT, END]
     # END's token type is the genome's last contig (2) although truncation removed it, as in the reference.
     assert tokens.token_types.tolist() == [0, 0, 0, 0, 2]
@@ -239,7 +245,7 @@ def test_sequences_and_masking_match_the_reference(reference_python: Path, tmp_p
             max_n_proteins=genome["max_n_proteins"],
             max_n_contigs=genome["max_n_contigs"],
         )
-        tokens = genome_tokens(np.array(genome["contig_idx"]), np.array(genome["labels"]), params)
+        tokens = training_tokens(np.array(genome["contig_idx"]), np.array(genome["labels"]), params)
         for reference in draws:
             assert reference["token_type_ids"] == tokens.token_types.tolist()
             if not genome["p"]:  # no randomness: the sequences are identical
