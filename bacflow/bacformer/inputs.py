@@ -16,9 +16,10 @@ on exactly these inputs:
 `collate_inputs` right-pads such inputs into a batch with the reference's padding values.
 
 Genomes longer than the limit lose their tail to truncation. `window_spans` and `window_owners` instead cut
-the genome into overlapping windows (which `bacflow.bacformer.stage` runs the model over), each built as the reference builds a truncated genome (CLS, a run of the genome's
-tokens, END), and gives every protein exactly one contextual vector: the one from the window where the
-protein is farthest from a cut (a window edge inside the genome). The first window is the truncated input,
+the genome into overlapping windows, which `bacflow.bacformer.stage` runs the model over, each built as the
+reference builds a truncated genome (CLS, a run of the genome's tokens, END); every protein takes exactly one
+contextual vector: the one from the window where the protein is farthest from a cut (a window edge inside
+the genome). The first window is the truncated input,
 and a genome that fits is a single window equal to the plain input.
 """
 
