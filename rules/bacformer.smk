@@ -1,50 +1,47 @@
-include: "bacformer_model.smk"
-
-
 # Always defined, so that `snakemake bacformer_tiny_model` builds one on its own; only tiny_model: true makes the
 # stage use it.
 rule bacformer_tiny_model:
     output:
-        directory(TINY_BACFORMER),
+        directory(PLAN.tiny_bacformer),
     log:
-        OUTDIR / "logs" / "bacformer_tiny_model.log",
+        PLAN.outdir / "logs" / "bacformer_tiny_model.log",
     benchmark:
-        OUTDIR / "benchmarks" / "bacformer_tiny_model.tsv"
+        PLAN.outdir / "benchmarks" / "bacformer_tiny_model.tsv"
     conda:
         "../envs/torch.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        hidden_size=lambda wildcards: tiny_bacformer_width(),
+        hidden_size=lambda wildcards: PLAN.tiny_bacformer_width(),
     script:
         "../scripts/bacformer_tiny_model.py"
 
 
 rule bacformer_shard:
     input:
-        vectors=EMBEDDINGS / "shards" / "shard={shard}.parquet",
-        proteins=OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet",
+        vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
+        proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
         model=bacformer_model_files,
     output:
-        proteins=BACFORMER_DIR / "proteins" / "shard={shard}" / "part-0.parquet",
-        genomes=BACFORMER_DIR / "genome_shards" / "shard={shard}.parquet",
+        proteins=PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
+        genomes=PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
     log:
-        OUTDIR / "logs" / "bacformer" / BACFORMER_NAME / "{shard}.log",
+        PLAN.outdir / "logs" / "bacformer" / PLAN.bacformer_name / "{shard}.log",
     benchmark:
-        OUTDIR / "benchmarks" / "bacformer" / BACFORMER_NAME / "{shard}.tsv"
+        PLAN.outdir / "benchmarks" / "bacformer" / PLAN.bacformer_name / "{shard}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: config["threads"]["bacformer"]
     resources:
         gpu=1,
-        mem_mb=lambda wildcards, attempt: BACFORMER["mem_mb"] * attempt,
-        runtime=lambda wildcards, attempt: BACFORMER["runtime"] * attempt,
+        mem_mb=lambda wildcards, attempt: PLAN.bacformer["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: PLAN.bacformer["runtime"] * attempt,
     params:
         model=lambda wildcards: bacformer_model()[0],
         revision=lambda wildcards: bacformer_model()[1],
-        name=BACFORMER_NAME,
-        settings=dataclasses.asdict(BACFORMER_SETTINGS),
+        name=PLAN.bacformer_name,
+        settings=PLAN.bacformer_params,
     script:
         "../scripts/bacformer_shard.py"
 
@@ -52,19 +49,20 @@ rule bacformer_shard:
 rule bacformer_genomes:
     input:
         genomes=expand(
-            BACFORMER_DIR / "genome_shards" / "shard={shard}.parquet", shard=SHARDS
+            PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
+            shard=PLAN.shards,
         ),
         # Not read: listed so that protein shards of another plan are removed (see gather_genomes).
         proteins=expand(
-            BACFORMER_DIR / "proteins" / "shard={shard}" / "part-0.parquet",
-            shard=SHARDS,
+            PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
         ),
     output:
-        BACFORMER_DIR / "genomes.parquet",
+        PLAN.bacformer_dir / "genomes.parquet",
     log:
-        OUTDIR / "logs" / "bacformer" / BACFORMER_NAME / "genomes.log",
+        PLAN.outdir / "logs" / "bacformer" / PLAN.bacformer_name / "genomes.log",
     benchmark:
-        OUTDIR / "benchmarks" / "bacformer" / BACFORMER_NAME / "genomes.tsv"
+        PLAN.outdir / "benchmarks" / "bacformer" / PLAN.bacformer_name / "genomes.tsv"
     localrule: True
     conda:
         "../envs/torch.yaml"
@@ -78,11 +76,11 @@ rule bacformer_genomes:
 rule bacformer:
     input:
         expand(
-            BACFORMER_DIR / "proteins" / "shard={shard}" / "part-0.parquet",
-            shard=SHARDS,
+            PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
         ),
-        BACFORMER_DIR / "genomes.parquet",
+        PLAN.bacformer_dir / "genomes.parquet",
         # The QC jobs also clear the protein and vector folders of other plans' shards.
-        OUTDIR / "qc" / "genomes.parquet",
-        OUTDIR / "qc" / "embeddings.parquet",
+        PLAN.outdir / "qc" / "genomes.parquet",
+        PLAN.outdir / "qc" / "embeddings.parquet",
     localrule: True

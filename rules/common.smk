@@ -1,13 +1,13 @@
-import dataclasses
+# The run plan (bacflow/plan.py): samples, shards, buckets, folders, settings and models, worked out once
+# from the config and the sheet. Rule files read it; the functions below only adapt it to Snakemake.
 import os
-from pathlib import Path
 
 from bacflow.core.errors import InputError
-from bacflow.core.samples import assign_shards, read_samples
-from bacflow.core.schemas import check_config
+from bacflow.plan import make_plan
+from bacflow.report import models_that_ran
 
 try:
-    check_config(config)
+    PLAN = make_plan(config)
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
@@ -19,14 +19,9 @@ os.environ.update(
     )
 )
 
-OUTDIR = Path(config["outdir"])
-
-try:
-    SAMPLES = read_samples(config["samples"])
-except InputError as error:
-    raise WorkflowError(f"bad sample sheet: {error}") from None
-SHARDS = assign_shards(SAMPLES, config["shard_size"])
-BUCKETS = [f"{bucket:04d}" for bucket in range(config["buckets"])]
+# The report's front page (report/workflow.rst) sees nothing of the workflow but `config`: it gets the models
+# that made the results from there, read from their metadata when `snakemake --report` loads the workflow.
+config["models_that_ran"] = models_that_ran(PLAN.bacformer_dir / "genomes.parquet")
 
 
 wildcard_constraints:
@@ -35,28 +30,38 @@ wildcard_constraints:
 
 
 def shard_members(wildcards):
-    """The genomes of a shard as plain dicts; a change of membership re-runs the shard (params trigger)."""
-    return [dataclasses.asdict(sample) for sample in SHARDS[wildcards.shard]]
+    """A change of a shard's members re-runs it (params trigger)."""
+    return PLAN.shard_members(wildcards.shard)
 
 
 def shard_genome_files(wildcards):
-    return [
-        path
-        for sample in SHARDS[wildcards.shard]
-        for path in (sample.path, sample.gff)
-        if path
-    ]
-
-
-def annotation_config():
-    """The config keys that change the proteins stage's output."""
-    return {key: config[key] for key in ("annotation", "gene_calling", "strict")}
+    return PLAN.shard_genome_files(wildcards.shard)
 
 
 def print_quarantine_summary():
-    summary = OUTDIR / "qc" / "summary.txt"
+    summary = PLAN.outdir / "qc" / "summary.txt"
     if summary.exists():
         print(summary.read_text(), end="")
+
+
+def esm_model_files(wildcards):
+    """A local model folder is an input: replacing its weights re-runs the jobs that use it."""
+    model, revision = PLAN.esm_model
+    return [] if revision else [model]
+
+
+def bacformer_model():
+    """(model, revision) of the Bacformer shard jobs; a hub model that cannot be had fails planning."""
+    try:
+        return PLAN.bacformer_model
+    except InputError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def bacformer_model_files(wildcards):
+    """A model folder is an input: a new tiny or pretrained model, or new weights, re-run the shards."""
+    model, revision = bacformer_model()
+    return [] if revision else [model]
 
 
 def gather_bucket_folders(wildcards):
@@ -67,9 +72,11 @@ def gather_bucket_folders(wildcards):
     through its params. But Snakemake never looks again at a job below an `ancient` input whose job
     re-runs, so a shard whose outputs are missing depends on the folders as usual.
     """
-    folders = expand(EMBEDDINGS / "buckets" / "bucket={bucket}", bucket=BUCKETS)
+    folders = [
+        str(PLAN.embeddings / "buckets" / f"bucket={bucket}") for bucket in PLAN.buckets
+    ]
     outputs = [
-        EMBEDDINGS / folder / f"shard={wildcards.shard}.parquet"
+        PLAN.embeddings / folder / f"shard={wildcards.shard}.parquet"
         for folder in ("shards", "qc")
     ]
     return ancient(folders) if all(path.exists() for path in outputs) else folders

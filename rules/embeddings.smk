@@ -1,38 +1,12 @@
-import functools
-
-from bacflow.embeddings.stage import EmbeddingSettings
-from bacflow.core.models import planned_model
-
-ESM = config["embeddings"]
-EMBEDDINGS = OUTDIR / "embeddings"
-# The store outlives runs when embedding_store names a shared folder; by default it is the run's own.
-EMBEDDING_STORE = Path(config["embedding_store"] or EMBEDDINGS)
-TINY_ESM = OUTDIR / "models" / "esm2-tiny"
-EMBEDDING_SHARDS = expand(EMBEDDINGS / "shards" / "shard={shard}.parquet", shard=SHARDS)
-EMBEDDING_SETTINGS = EmbeddingSettings.from_config(ESM).output_params()
-
-
-# (model, revision) for the bucket jobs, worked out once when a bucket job is planned (other targets
-# never touch the hub): a hub id is resolved to a commit (downloaded if need be), so that jobs load that
-# commit from the cache and a missing model fails before any job runs.
-ESM_MODEL = functools.cache(
-    lambda: (
-        (str(TINY_ESM), None)
-        if ESM["tiny_model"]
-        else planned_model(ESM["model"], ESM["revision"])
-    )
-)
-
-
 # Always defined, so that `snakemake esm_tiny_model` builds one on its own; only tiny_model: true makes the
 # stage use it.
 rule esm_tiny_model:
     output:
-        directory(TINY_ESM),
+        directory(PLAN.tiny_esm),
     log:
-        OUTDIR / "logs" / "esm_tiny_model.log",
+        PLAN.outdir / "logs" / "esm_tiny_model.log",
     benchmark:
-        OUTDIR / "benchmarks" / "esm_tiny_model.tsv"
+        PLAN.outdir / "benchmarks" / "esm_tiny_model.tsv"
     conda:
         "../envs/torch.yaml"
     resources:
@@ -44,76 +18,76 @@ rule esm_tiny_model:
 
 rule embed_bucket:
     input:
-        bucket=OUTDIR / "unique" / "bucket={bucket}.parquet",
+        bucket=PLAN.outdir / "unique" / "bucket={bucket}.parquet",
         shards=expand(
-            OUTDIR / "unique" / "shards" / "shard={shard}.parquet", shard=SHARDS
+            PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
+            shard=PLAN.shards,
         ),
-        # A local model folder is an input: replacing its weights re-runs the bucket jobs.
-        model=lambda wildcards: [] if ESM_MODEL()[1] else [ESM_MODEL()[0]],
+        model=esm_model_files,
     output:
-        directory(EMBEDDINGS / "buckets" / "bucket={bucket}"),
+        directory(PLAN.embeddings / "buckets" / "bucket={bucket}"),
     log:
-        OUTDIR / "logs" / "embed_bucket" / "{bucket}.log",
+        PLAN.outdir / "logs" / "embed_bucket" / "{bucket}.log",
     benchmark:
-        OUTDIR / "benchmarks" / "embed_bucket" / "{bucket}.tsv"
+        PLAN.outdir / "benchmarks" / "embed_bucket" / "{bucket}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: config["threads"]["embeddings"]
     resources:
         gpu=1,
-        mem_mb=lambda wildcards, attempt: ESM["mem_mb"] * attempt,
-        runtime=lambda wildcards, attempt: ESM["runtime"] * attempt,
+        mem_mb=lambda wildcards, attempt: PLAN.esm["mem_mb"] * attempt,
+        runtime=lambda wildcards, attempt: PLAN.esm["runtime"] * attempt,
     params:
-        shards=list(SHARDS),
+        shards=list(PLAN.shards),
         # Which shards get rows: those whose gathered vectors are missing or out of date.
-        gathered=EMBEDDING_SHARDS,
+        gathered=PLAN.embedding_shards,
         buckets=config["buckets"],
-        model=lambda wildcards: ESM_MODEL()[0],
-        revision=lambda wildcards: ESM_MODEL()[1],
+        model=lambda wildcards: PLAN.esm_model[0],
+        revision=lambda wildcards: PLAN.esm_model[1],
         # Not derived from the outputs: a store may be shared by runs (it must be on a shared
         # filesystem for cluster runs, like the results).
-        store=lambda wildcards: str(EMBEDDING_STORE),
-        settings=EMBEDDING_SETTINGS,
+        store=lambda wildcards: str(PLAN.embedding_store),
+        settings=PLAN.embedding_settings,
     script:
         "../scripts/embed_bucket.py"
 
 
 rule embed_gather:
     input:
-        proteins=OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet",
+        proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
         buckets=gather_bucket_folders,
-        model=lambda wildcards: [] if ESM_MODEL()[1] else [ESM_MODEL()[0]],
+        model=esm_model_files,
     output:
-        vectors=EMBEDDINGS / "shards" / "shard={shard}.parquet",
-        qc=EMBEDDINGS / "qc" / "shard={shard}.parquet",
+        vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
+        qc=PLAN.embeddings / "qc" / "shard={shard}.parquet",
     log:
-        OUTDIR / "logs" / "embed_gather" / "{shard}.log",
+        PLAN.outdir / "logs" / "embed_gather" / "{shard}.log",
     benchmark:
-        OUTDIR / "benchmarks" / "embed_gather" / "{shard}.tsv"
+        PLAN.outdir / "benchmarks" / "embed_gather" / "{shard}.tsv"
     conda:
         "../envs/torch.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
-        model=lambda wildcards: ESM_MODEL(),
-        settings=EMBEDDING_SETTINGS,
-        store=lambda wildcards: str(EMBEDDING_STORE),
+        model=lambda wildcards: PLAN.esm_model,
+        settings=PLAN.embedding_settings,
+        store=lambda wildcards: str(PLAN.embedding_store),
     script:
         "../scripts/embed_gather.py"
 
 
 rule embed_qc:
     input:
-        qc=expand(EMBEDDINGS / "qc" / "shard={shard}.parquet", shard=SHARDS),
+        qc=expand(PLAN.embeddings / "qc" / "shard={shard}.parquet", shard=PLAN.shards),
         # Not read: listed so that vector shards of another plan are removed (see embedding_qc).
-        vectors=EMBEDDING_SHARDS,
+        vectors=PLAN.embedding_shards,
     output:
-        OUTDIR / "qc" / "embeddings.parquet",
+        PLAN.outdir / "qc" / "embeddings.parquet",
     log:
-        OUTDIR / "logs" / "embed_qc.log",
+        PLAN.outdir / "logs" / "embed_qc.log",
     benchmark:
-        OUTDIR / "benchmarks" / "embed_qc.tsv"
+        PLAN.outdir / "benchmarks" / "embed_qc.tsv"
     localrule: True
     conda:
         "../envs/torch.yaml"
@@ -126,8 +100,8 @@ rule embed_qc:
 
 rule embeddings:
     input:
-        EMBEDDING_SHARDS,
-        OUTDIR / "qc" / "embeddings.parquet",
+        PLAN.embedding_shards,
+        PLAN.outdir / "qc" / "embeddings.parquet",
         # The QC jobs also clear the protein and vector folders of other plans' shards.
-        OUTDIR / "qc" / "genomes.parquet",
+        PLAN.outdir / "qc" / "genomes.parquet",
     localrule: True

@@ -1,28 +1,15 @@
-from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
-
-FAMILY_PARAMS = FamilyParams.from_config(config["families"])
-FAMILY_VOCAB = config["families"]["vocab"]
-FAMILIES = OUTDIR / "families" / "families.parquet"
-BUCKET_FILES = expand(OUTDIR / "unique" / "bucket={bucket}.parquet", bucket=BUCKETS)
-
-
-if FAMILY_VOCAB:
-    # A missing vocabulary, or one built with other parameters, fails before any job runs.
-    try:
-        check_vocab(FAMILY_VOCAB, FAMILY_PARAMS)
-    except InputError as error:
-        raise WorkflowError(str(error)) from None
+if PLAN.family_vocab:
 
     rule families_assign:
         input:
-            buckets=BUCKET_FILES,
-            vocab=[os.path.join(FAMILY_VOCAB, name) for name in VOCAB_FILES],
+            buckets=PLAN.bucket_files,
+            vocab=[os.path.join(PLAN.family_vocab, name) for name in VOCAB_FILES],
         output:
-            families=FAMILIES,
+            families=PLAN.families,
         log:
-            OUTDIR / "logs" / "families_assign.log",
+            PLAN.outdir / "logs" / "families_assign.log",
         benchmark:
-            OUTDIR / "benchmarks" / "families_assign.tsv"
+            PLAN.outdir / "benchmarks" / "families_assign.tsv"
         conda:
             "../envs/mmseqs.yaml"
         threads: config["threads"]["families"]
@@ -30,8 +17,8 @@ if FAMILY_VOCAB:
             mem_mb=lambda wildcards, attempt: config["families"]["mem_mb"] * attempt,
             runtime=lambda wildcards, attempt: 120 * attempt,
         params:
-            families=FAMILY_PARAMS.as_dict(),
-            vocab=FAMILY_VOCAB,
+            families=PLAN.family_params.as_dict(),
+            vocab=PLAN.family_vocab,
         script:
             "../scripts/families_assign.py"
 
@@ -39,14 +26,14 @@ else:
 
     rule families_cluster:
         input:
-            buckets=BUCKET_FILES,
+            buckets=PLAN.bucket_files,
         output:
-            families=FAMILIES,
-            vocab=directory(OUTDIR / "families" / "vocab"),
+            families=PLAN.families,
+            vocab=directory(PLAN.outdir / "families" / "vocab"),
         log:
-            OUTDIR / "logs" / "families_cluster.log",
+            PLAN.outdir / "logs" / "families_cluster.log",
         benchmark:
-            OUTDIR / "benchmarks" / "families_cluster.tsv"
+            PLAN.outdir / "benchmarks" / "families_cluster.tsv"
         conda:
             "../envs/mmseqs.yaml"
         threads: config["threads"]["families"]
@@ -54,7 +41,7 @@ else:
             mem_mb=lambda wildcards, attempt: config["families"]["mem_mb"] * attempt,
             runtime=lambda wildcards, attempt: 240 * attempt,
         params:
-            families=FAMILY_PARAMS.as_dict(),
+            families=PLAN.family_params.as_dict(),
         script:
             "../scripts/families_cluster.py"
 
@@ -62,16 +49,17 @@ else:
 rule families_qc:
     input:
         proteins=expand(
-            OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet", shard=SHARDS
+            PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
         ),
-        genomes=OUTDIR / "qc" / "genomes.parquet",
-        families=FAMILIES,
+        genomes=PLAN.outdir / "qc" / "genomes.parquet",
+        families=PLAN.families,
     output:
-        OUTDIR / "qc" / "families.parquet",
+        PLAN.outdir / "qc" / "families.parquet",
     log:
-        OUTDIR / "logs" / "families_qc.log",
+        PLAN.outdir / "logs" / "families_qc.log",
     benchmark:
-        OUTDIR / "benchmarks" / "families_qc.tsv"
+        PLAN.outdir / "benchmarks" / "families_qc.tsv"
     conda:
         "../envs/mmseqs.yaml"
     resources:
@@ -83,6 +71,6 @@ rule families_qc:
 
 rule families:
     input:
-        FAMILIES,
-        OUTDIR / "qc" / "families.parquet",
+        PLAN.families,
+        PLAN.outdir / "qc" / "families.parquet",
     localrule: True

@@ -2,12 +2,12 @@ rule proteins_shard:
     input:
         shard_genome_files,
     output:
-        proteins=OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet",
-        qc=OUTDIR / "qc" / "shards" / "shard={shard}.parquet",
+        proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+        qc=PLAN.outdir / "qc" / "shards" / "shard={shard}.parquet",
     log:
-        OUTDIR / "logs" / "proteins" / "{shard}.log",
+        PLAN.outdir / "logs" / "proteins" / "{shard}.log",
     benchmark:
-        OUTDIR / "benchmarks" / "proteins" / "{shard}.tsv"
+        PLAN.outdir / "benchmarks" / "proteins" / "{shard}.tsv"
     conda:
         "../envs/annotate.yaml"
     threads: config["threads"]["proteins"]
@@ -16,25 +16,28 @@ rule proteins_shard:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         members=shard_members,
-        config=annotation_config(),
+        config=PLAN.annotation_config(),
     script:
         "../scripts/proteins_shard.py"
 
 
 rule qc_genomes:
     input:
-        qc=expand(OUTDIR / "qc" / "shards" / "shard={shard}.parquet", shard=SHARDS),
+        qc=expand(
+            PLAN.outdir / "qc" / "shards" / "shard={shard}.parquet", shard=PLAN.shards
+        ),
         # Not read: listed so that protein shards of another plan are removed (see gather_qc).
         proteins=expand(
-            OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet", shard=SHARDS
+            PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
         ),
     output:
-        genomes=OUTDIR / "qc" / "genomes.parquet",
-        summary=OUTDIR / "qc" / "summary.txt",
+        genomes=PLAN.outdir / "qc" / "genomes.parquet",
+        summary=PLAN.outdir / "qc" / "summary.txt",
     log:
-        OUTDIR / "logs" / "qc_genomes.log",
+        PLAN.outdir / "logs" / "qc_genomes.log",
     benchmark:
-        OUTDIR / "benchmarks" / "qc_genomes.tsv"
+        PLAN.outdir / "benchmarks" / "qc_genomes.tsv"
     localrule: True
     conda:
         "../envs/annotate.yaml"
@@ -47,6 +50,9 @@ rule qc_genomes:
 
 rule proteins:
     input:
-        expand(OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet", shard=SHARDS),
-        OUTDIR / "qc" / "genomes.parquet",
+        expand(
+            PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
+        ),
+        PLAN.outdir / "qc" / "genomes.parquet",
     localrule: True

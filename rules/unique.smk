@@ -1,12 +1,12 @@
 rule unique_shard:
     input:
-        OUTDIR / "proteins" / "shard={shard}" / "part-0.parquet",
+        PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
     output:
-        OUTDIR / "unique" / "shards" / "shard={shard}.parquet",
+        PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
     log:
-        OUTDIR / "logs" / "unique_shard" / "{shard}.log",
+        PLAN.outdir / "logs" / "unique_shard" / "{shard}.log",
     benchmark:
-        OUTDIR / "benchmarks" / "unique_shard" / "{shard}.tsv"
+        PLAN.outdir / "benchmarks" / "unique_shard" / "{shard}.tsv"
     conda:
         "../envs/annotate.yaml"
     resources:
@@ -20,13 +20,16 @@ rule unique_shard:
 
 rule unique_bucket:
     input:
-        expand(OUTDIR / "unique" / "shards" / "shard={shard}.parquet", shard=SHARDS),
+        expand(
+            PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
+            shard=PLAN.shards,
+        ),
     output:
-        OUTDIR / "unique" / "bucket={bucket}.parquet",
+        PLAN.outdir / "unique" / "bucket={bucket}.parquet",
     log:
-        OUTDIR / "logs" / "unique_bucket" / "{bucket}.log",
+        PLAN.outdir / "logs" / "unique_bucket" / "{bucket}.log",
     benchmark:
-        OUTDIR / "benchmarks" / "unique_bucket" / "{bucket}.tsv"
+        PLAN.outdir / "benchmarks" / "unique_bucket" / "{bucket}.tsv"
     conda:
         "../envs/annotate.yaml"
     resources:
