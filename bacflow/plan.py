@@ -26,7 +26,7 @@ from bacflow.core.samples import Sample, assign_shards, read_samples
 from bacflow.core.schemas import check_config
 from bacflow.embeddings.stage import EmbeddingSettings
 from bacflow.embeddings.tiny import ESM2_GEOMETRIES
-from bacflow.families.stage import FamilyParams, check_vocab
+from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
 from bacflow.pretrain.data import SPLITS, assign_splits, required_splits, splits_drawn
 
 
@@ -83,6 +83,11 @@ class RunPlan:
     @property
     def bucket_files(self) -> list[str]:
         return [str(self.outdir / "unique" / f"bucket={bucket}.parquet") for bucket in self.buckets]
+
+    @property
+    def vocab_files(self) -> list[str]:
+        """The frozen vocabulary's files (inputs of the assignment job); none when this cohort is clustered."""
+        return [str(Path(self.family_vocab) / name) for name in VOCAB_FILES] if self.family_vocab else []
 
     @property
     def embedding_shards(self) -> list[str]:

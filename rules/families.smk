@@ -3,7 +3,7 @@ if PLAN.family_vocab:
     rule families_assign:
         input:
             buckets=PLAN.bucket_files,
-            vocab=[os.path.join(PLAN.family_vocab, name) for name in VOCAB_FILES],
+            vocab=PLAN.vocab_files,
         output:
             families=PLAN.families,
         log:
