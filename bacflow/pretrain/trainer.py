@@ -488,7 +488,7 @@ def launch_command(spec: Path, gpus: int, nodes: int, environ: Mapping[str, str]
     if nodes <= 1:
         return [*torchrun, "--standalone", *module]
     if "SLURM_JOB_ID" not in environ:
-        raise InputError(f"pretrain: {nodes} nodes need a SLURM allocation of {nodes} nodes (see the README)")
+        raise InputError(f"pretrain: {nodes} nodes need a SLURM allocation of {nodes} nodes (see docs/pretraining.md)")
     # This process runs on the allocation's first node (the batch host): the processes meet here.
     head = environ.get("SLURMD_NODENAME") or socket.gethostname()
     return [
