@@ -44,9 +44,17 @@ def print_quarantine_summary():
         print(summary.read_text(), end="")
 
 
+def esm_model():
+    """(model, revision) of the ESM-2 jobs; a hub model that cannot be had fails planning in one line."""
+    try:
+        return PLAN.esm_model
+    except InputError as error:
+        raise WorkflowError(str(error)) from None
+
+
 def esm_model_files(wildcards):
     """A local model folder is an input: replacing its weights re-runs the jobs that use it."""
-    model, revision = PLAN.esm_model
+    model, revision = esm_model()
     return [] if revision else [model]
 
 

@@ -42,8 +42,8 @@ rule embed_bucket:
         # Which shards get rows: those whose gathered vectors are missing or out of date.
         gathered=PLAN.embedding_shards,
         buckets=config["buckets"],
-        model=lambda wildcards: PLAN.esm_model[0],
-        revision=lambda wildcards: PLAN.esm_model[1],
+        model=lambda wildcards: esm_model()[0],
+        revision=lambda wildcards: esm_model()[1],
         # Not derived from the outputs: a store may be shared by runs (it must be on a shared
         # filesystem for cluster runs, like the results).
         store=lambda wildcards: str(PLAN.embedding_store),
@@ -70,7 +70,7 @@ rule embed_gather:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
-        model=lambda wildcards: PLAN.esm_model,
+        model=lambda wildcards: esm_model(),
         settings=PLAN.embedding_settings,
         store=lambda wildcards: str(PLAN.embedding_store),
     script:
