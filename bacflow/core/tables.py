@@ -20,7 +20,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     A crash or kill therefore never leaves a partial file or folder under the final name (a folder that
     is already there is replaced). The temporary name is unique per writer (not from `mkstemp`, whose
-    files are private to the user: outputs keep the umask); `leftovers` finds those of killed writers.
+    files are private to the user: outputs keep the umask); `remove_leftovers` clears those of killed writers.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,17 +31,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(path)
         os.replace(temporary, path)
     except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise
 
 
-def leftovers(path: str | Path) -> list[Path]:
-    """The temporary files or folders that killed writers of `path` (through `atomic_path`) left behind."""
+def remove_leftovers(path: str | Path) -> None:
+    """Remove the temporary files or folders that killed writers of `path` (through `atomic_path`) left
+    behind. Only for a writer that knows it is the only one: another's would be removed under it."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for left in path.parent.glob(f".{path.name}.*.tmp"):
+        _remove(left)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_parquet(
@@ -89,9 +96,6 @@ def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
     for folder, names in kept.items():
         for entry in sorted(folder.iterdir()):
             if _SHARD_ENTRY.match(entry.name) and entry.name not in names:
-                if entry.is_dir():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+                _remove(entry)
                 removed.append(entry)
     return removed

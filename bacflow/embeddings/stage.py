@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -39,7 +38,7 @@ import pyarrow.parquet as pq
 from bacflow.core.errors import InputError
 from bacflow.core.models import choose_device, resolve_model
 from bacflow.core.provenance import CORE_PACKAGES, provenance
-from bacflow.core.tables import atomic_path, leftovers, read_metadata, remove_stale_shards, write_parquet
+from bacflow.core.tables import atomic_path, read_metadata, remove_leftovers, remove_stale_shards, write_parquet
 from bacflow.embeddings.esm_model import load_esm
 from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
@@ -326,38 +325,23 @@ def _write_bucket_folder(
 ) -> None:
     """bucket.json, and one file per shard of `shard_unique_paths`: its sequences of this bucket. The folder
     appears whole or not at all."""
-    for left in leftovers(out_dir):  # of a killed job for this bucket: its rows may be large
-        shutil.rmtree(left, ignore_errors=True)
+    remove_leftovers(out_dir)  # of a killed job for this bucket: its rows may be large
+    schema = bucket_schema(vector_type(dim, recipe.vector_dtype))
     with atomic_path(out_dir) as folder:
         folder.mkdir()
-        _fill_bucket_folder(vectors, shard_unique_paths, folder, bucket, n_buckets, recipe, dim, metadata)
-
-
-def _fill_bucket_folder(
-    vectors: pa.Table,
-    shard_unique_paths: Mapping[str, str | Path],
-    out_dir: Path,
-    bucket: int,
-    n_buckets: int,
-    recipe: EmbeddingRecipe,
-    dim: int,
-    metadata: dict[str, str],
-) -> None:
-    schema = bucket_schema(vector_type(dim, recipe.vector_dtype))
-    for shard, unique_path in shard_unique_paths.items():
-        wanted = pq.read_table(unique_path, columns=["seq_hash"], filters=[("bucket", "=", bucket)])
-        rows = pc.index_in(wanted.column(0), value_set=vectors.column("seq_hash"))
-        if rows.null_count:
-            raise InputError(
-                f"{unique_path} lists sequences that bucket {bucket} lacks: the unique tables "
-                "are out of date (rerun with --forcerun unique_bucket)"
+        for shard, unique_path in shard_unique_paths.items():
+            wanted = pq.read_table(unique_path, columns=["seq_hash"], filters=[("bucket", "=", bucket)])
+            rows = pc.index_in(wanted.column(0), value_set=vectors.column("seq_hash"))
+            if rows.null_count:
+                raise InputError(
+                    f"{unique_path} lists sequences that bucket {bucket} lacks: the unique tables "
+                    "are out of date (rerun with --forcerun unique_bucket)"
+                )
+            write_parquet(
+                vectors.take(rows).select(schema.names).cast(schema), folder / f"shard={shard}.parquet", metadata
             )
-        write_parquet(
-            vectors.take(rows).select(schema.names).cast(schema), out_dir / f"shard={shard}.parquet", metadata
-        )
-    info = {"bucket": bucket, "buckets": n_buckets, "dim": dim, "recipe": recipe.description()}
-    with atomic_path(out_dir / BUCKET_INFO) as temporary:
-        temporary.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        info = {"bucket": bucket, "buckets": n_buckets, "dim": dim, "recipe": recipe.description()}
+        (folder / BUCKET_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def gather_shard(

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from bacflow.bacformer.modeling_bacformer import (
 )
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import config_hash, tool_versions
-from bacflow.core.tables import atomic_path, leftovers
+from bacflow.core.tables import atomic_path, remove_leftovers
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
 from bacflow.pretrain.masking import ExampleParams
 from bacflow.pretrain.metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
@@ -455,8 +454,7 @@ def save_model(
     metrics: Mapping[str, float],
 ) -> None:
     """The Hugging Face model folder, written beside its final place and renamed into it."""
-    for left in leftovers(folder):  # of a killed run: a whole model's weights
-        shutil.rmtree(left, ignore_errors=True)
+    remove_leftovers(folder)  # of a killed run: a whole model's weights
     description = {
         "params": dataclasses.asdict(params),
         "config_hash": config_hash(dataclasses.asdict(params)),

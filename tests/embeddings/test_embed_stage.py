@@ -99,6 +99,32 @@ def read_bucket_folder(folder: Path) -> pa.Table:
     return pa.concat_tables(tables).sort_by([("shard", "ascending"), ("seq_hash", "ascending")])
 
 
+def bucket_job(
+    bucket_path: Path,
+    unique: dict,
+    out: Path,
+    model: Path,
+    store: Path,
+    settings=SETTINGS,
+    n_buckets: int = 1,
+    gathered=None,
+) -> dict:
+    """Bucket 0's job as the workflow runs it; by default no shard is gathered yet, so each gets rows."""
+    gathered = gathered if gathered is not None else {shard: out.parent / "not-gathered" for shard in unique}
+    return embed_bucket(
+        bucket_path,
+        unique,
+        out,
+        gathered_paths=gathered,
+        bucket=0,
+        n_buckets=n_buckets,
+        model=str(model),
+        revision=None,
+        store_root=store,
+        settings=settings,
+    )
+
+
 @pytest.fixture
 def model_inputs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Every sequence (as its token ids) that the ESM-2 encoder is run on, in this test."""
@@ -195,17 +221,8 @@ def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, ti
     settings = replace(SETTINGS, checkpoint_sequences=25)
 
     def job(name: str) -> dict:
-        return embed_bucket(
-            tmp_path / "bucket-0.parquet",
-            unique,
-            tmp_path / name,
-            gathered_paths={shard: tmp_path / "none" for shard in unique},
-            bucket=0,
-            n_buckets=1,
-            model=str(tiny_esm),
-            revision=None,
-            store_root=tmp_path / "store",
-            settings=settings,
+        return bucket_job(
+            tmp_path / "bucket-0.parquet", unique, tmp_path / name, tiny_esm, tmp_path / "store", settings
         )
 
     with ThreadPoolExecutor(2) as pool:
@@ -249,7 +266,6 @@ def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohor
     bucket = tmp_path / "bucket-0.parquet"
     total = gather_bucket(unique.values(), 0, bucket)
     store, out = tmp_path / "store", tmp_path / "vectors-0"
-    nowhere = {shard: tmp_path / "none" for shard in unique}
     settings = replace(SETTINGS, cpu_token_budget=1000, checkpoint_sequences=10)
     arguments = {"bucket": str(bucket), "unique": {k: str(v) for k, v in unique.items()}, "out": str(out),
                  "model": str(tiny_esm), "store": str(store), "settings": asdict(settings)}  # fmt: skip
@@ -266,35 +282,13 @@ def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohor
     stored_before = sum(pq.read_metadata(path).num_rows for path in kept)
     assert 0 < stored_before < total
 
-    counts = embed_bucket(
-        bucket,
-        unique,
-        out,
-        gathered_paths=nowhere,
-        bucket=0,
-        n_buckets=1,
-        model=str(tiny_esm),
-        revision=None,
-        store_root=store,
-        settings=settings,
-    )
+    counts = bucket_job(bucket, unique, out, tiny_esm, store, settings)
     assert counts["reused"] >= stored_before and counts["embedded"] == total - counts["reused"]
     parts = pq.read_table(store / counts["recipe"] / "parts")
     assert parts.num_rows == total and len(set(parts.column("seq_hash").to_pylist())) == total
 
     clean = tmp_path / "clean"
-    embed_bucket(
-        bucket,
-        unique,
-        clean / "vectors",
-        gathered_paths=nowhere,
-        bucket=0,
-        n_buckets=1,
-        model=str(tiny_esm),
-        revision=None,
-        store_root=clean,
-        settings=settings,
-    )
+    bucket_job(bucket, unique, clean / "vectors", tiny_esm, clean, settings)
     resumed, fresh = read_bucket_folder(out), read_bucket_folder(clean / "vectors")
     assert resumed.column("seq_hash").equals(fresh.column("seq_hash"))
     difference = np.stack(resumed.column("vector").to_numpy(zero_copy_only=False)) - np.stack(
@@ -306,54 +300,24 @@ def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohor
 def test_an_empty_bucket_loads_no_model(tiny_esm: Path, tmp_path: Path, model_inputs):
     empty = tmp_path / "bucket-0.parquet"
     pq.write_table(pa.table({"seq_hash": pa.array([], pa.string()), "sequence": pa.array([], pa.string())}), empty)
-    counts = embed_bucket(
-        empty,
-        {},
-        tmp_path / "out",
-        gathered_paths={},
-        bucket=0,
-        n_buckets=4,
-        model=str(tiny_esm),
-        revision=None,
-        store_root=tmp_path / "store",
-        settings=SETTINGS,
-    )
+    counts = bucket_job(empty, {}, tmp_path / "out", tiny_esm, tmp_path / "store", n_buckets=4)
     assert counts["sequences"] == 0 and counts["model_calls"] == 0 and model_inputs == []
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["bucket.json"]
 
 
 def test_bad_bucket_files_are_named(tiny_esm: Path, tmp_path: Path):
-    def run(table: pa.Table, n_buckets: int = 4):
+    def job(n_buckets: int = 4) -> None:
+        bucket_job(tmp_path / "bucket.parquet", {}, tmp_path / "out", tiny_esm, tmp_path / "store", n_buckets=n_buckets)
+
+    def run(table: pa.Table, n_buckets: int = 4) -> None:
         pq.write_table(table, tmp_path / "bucket.parquet")
-        embed_bucket(
-            tmp_path / "bucket.parquet",
-            {},
-            tmp_path / "out",
-            gathered_paths={},
-            bucket=0,
-            n_buckets=n_buckets,
-            model=str(tiny_esm),
-            revision=None,
-            store_root=tmp_path / "store",
-            settings=SETTINGS,
-        )
+        job(n_buckets)
 
     with pytest.raises(InputError, match="bucket.parquet.*lacks seq_hash/sequence"):
         run(pa.table({"seq_hash": [seq_hash("MKV")]}))
     (tmp_path / "bucket.parquet").write_bytes(b"")  # e.g. a file cut short by a full disk
     with pytest.raises(InputError, match="bucket file .*bucket.parquet: unreadable"):
-        embed_bucket(
-            tmp_path / "bucket.parquet",
-            {},
-            tmp_path / "out",
-            gathered_paths={},
-            bucket=0,
-            n_buckets=4,
-            model=str(tiny_esm),
-            revision=None,
-            store_root=tmp_path / "store",
-            settings=SETTINGS,
-        )
+        job()
     wrong = next(s for s in ("MKV", "MKVL", "MKVLA", "MKVLAW") if int(seq_hash(s)[:8], 16) % 4 != 0)
     with pytest.raises(InputError, match="row 0.*belongs to bucket .* of 4, not 0"):
         run(pa.table({"seq_hash": [seq_hash(wrong)], "sequence": [wrong]}))
@@ -393,17 +357,14 @@ def test_bucket_jobs_write_rows_only_for_shards_to_gather_and_gathers_read_the_s
     assert pending_shards(unique, gathered, first["counts"][0]["recipe"]) == []
     assert pending_shards(unique, gathered, "another-recipe") == sorted(cohort)
     os.utime(unique["00001"], (time.time() + 5, time.time() + 5))  # the shard's proteins changed
-    counts = embed_bucket(
+    counts = bucket_job(
         tmp_path / "bucket-0.parquet",
         unique,
         tmp_path / "again",
-        gathered_paths=gathered,
-        bucket=0,
+        tiny_esm,
+        tmp_path / "store",
         n_buckets=2,
-        model=str(tiny_esm),
-        revision=None,
-        store_root=tmp_path / "store",
-        settings=SETTINGS,
+        gathered=gathered,
     )
     assert counts["embedded"] == 0 and counts["shards"] == 1
     assert [path.name for path in sorted((tmp_path / "again").glob("shard=*"))] == ["shard=00001.parquet"]
