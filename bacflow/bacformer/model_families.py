@@ -88,6 +88,12 @@ def family_of(folder: str | Path) -> ModelFamily:
     return family_of_config(config)
 
 
+def family_of_config_class(name: str) -> ModelFamily:
+    """The family whose config class is called `name` (``type(model.config).__name__``)."""
+    (family,) = [family for family in FAMILIES.values() if family.config_class == name]
+    return family
+
+
 def family_named(name: str) -> ModelFamily:
     """The family called `name` ("base" or "large"), as a config key gives it."""
     try:
