@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 
 from bacflow.bacformer.modeling_bacformer import BacformerConfig
 from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig
+from conftest import SHARED_DATA, gunzip_text
 
 REFERENCE_VENV = Path(os.environ.get("BACFLOW_REFERENCE_VENV", Path.home() / ".cache" / "bacflow" / "reference-venv"))
 ORACLE = Path(__file__).with_name("reference_oracle.py")
@@ -41,6 +42,19 @@ TINY = {
 
 #: The tiny Bacformer Large geometry of the parity tests (head_dim 8; 102 head classes: 101 families and END).
 TINY_LARGE = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "protein_clusters_vocab_size": 102}
+
+
+#: A real draft genome's proteins (Prodigal on E. faecalis TX0104: 3,145 proteins on 89 contigs).
+REAL_PROTEINS = SHARED_DATA / "reference_outputs" / "Efaecalis_TX0104.drep-prodigal.faa.gz"
+
+
+def real_contig_sizes() -> list[int]:
+    """Proteins per contig of `REAL_PROTEINS`, contigs in file order (Prodigal names a protein <contig>_<n>)."""
+    sizes: dict[str, int] = {}
+    for header in gunzip_text(REAL_PROTEINS).split(">")[1:]:
+        contig = header.split(" # ")[0].rsplit("_", 1)[0]
+        sizes[contig] = sizes.get(contig, 0) + 1
+    return list(sizes.values())
 
 
 def tiny_config(**overrides: Any) -> BacformerConfig:
