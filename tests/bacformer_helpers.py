@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 import torch
+from transformers import PreTrainedModel
 
-from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerPreTrainedModel
+from bacflow.bacformer.modeling_bacformer import BacformerConfig
+from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig
+from conftest import SHARED_DATA, gunzip_text
 
 REFERENCE_VENV = Path(os.environ.get("BACFLOW_REFERENCE_VENV", Path.home() / ".cache" / "bacflow" / "reference-venv"))
 ORACLE = Path(__file__).with_name("reference_oracle.py")
@@ -37,11 +40,32 @@ TINY = {
 }
 
 
+#: The tiny Bacformer Large geometry of the parity tests (head_dim 8; 102 head classes: 101 families and END).
+TINY_LARGE = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "protein_clusters_vocab_size": 102}
+
+
+#: A real draft genome's proteins (Prodigal on E. faecalis TX0104: 3,145 proteins on 89 contigs).
+REAL_PROTEINS = SHARED_DATA / "reference_outputs" / "Efaecalis_TX0104.drep-prodigal.faa.gz"
+
+
+def real_contig_sizes() -> list[int]:
+    """Proteins per contig of `REAL_PROTEINS`, contigs in file order (Prodigal names a protein <contig>_<n>)."""
+    sizes: dict[str, int] = {}
+    for header in gunzip_text(REAL_PROTEINS).split(">")[1:]:
+        contig = header.split(" # ")[0].rsplit("_", 1)[0]
+        sizes[contig] = sizes.get(contig, 0) + 1
+    return list(sizes.values())
+
+
 def tiny_config(**overrides: Any) -> BacformerConfig:
     return BacformerConfig(**{**TINY, **overrides})
 
 
-def randomize(model: BacformerPreTrainedModel, seed: int) -> BacformerPreTrainedModel:
+def tiny_large_config(**overrides: Any) -> BacformerLargeConfig:
+    return BacformerLargeConfig(**{**TINY_LARGE, **overrides})
+
+
+def randomize(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     """Give every parameter a random value (the default init leaves biases at 0 and norms at 1, which would
     hide mixed-up parameters); LayerNorm weights stay near 1. Returns the model in eval mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -53,34 +77,35 @@ def randomize(model: BacformerPreTrainedModel, seed: int) -> BacformerPreTrained
     return model.eval()
 
 
-def reference_environment() -> Path:
-    """The Python of the reference's virtual environment, created on first use (skips the test without PyPI)."""
-    python = REFERENCE_VENV / "bin" / "python"
-    ready = REFERENCE_VENV / ".bacflow-ready"
+def reference_environment(venv: Path = REFERENCE_VENV, install: tuple[list[str], ...] = REFERENCE_INSTALL) -> Path:
+    """The Python of a reference's virtual environment `venv` (default the Bacformer reference's), created on
+    first use by one ``pip install`` per list of `install` (skips the test without PyPI)."""
+    python = venv / "bin" / "python"
+    ready = venv / ".bacflow-ready"
     if ready.exists():
         return python
     started = time.monotonic()
-    commands = [[sys.executable, "-m", "venv", str(REFERENCE_VENV)]]
-    commands += [[str(python), "-m", "pip", "install", "-q", *packages] for packages in REFERENCE_INSTALL]
+    commands = [[sys.executable, "-m", "venv", str(venv)]]
+    commands += [[str(python), "-m", "pip", "install", "-q", *packages] for packages in install]
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(
-                f"cannot create the reference implementation's environment at {REFERENCE_VENV} (it needs PyPI): "
+                f"cannot create the reference implementation's environment at {venv} (it needs PyPI): "
                 f"`{' '.join(command)}` failed: {result.stderr.strip()[-1000:]}"
             )
     ready.write_text(f"created in {time.monotonic() - started:.0f} s\n")
     return python
 
 
-def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
-    """Run the oracle's jobs (see ``tests/reference_oracle.py``) in one process; their results by name."""
+def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path, oracle: Path = ORACLE) -> dict[str, Any]:
+    """Run the `oracle` script's jobs (default ``tests/reference_oracle.py``) in one process; their results by name."""
     request, response = workdir / "oracle-request.pt", workdir / "oracle-response.pt"
     torch.save({"jobs": jobs}, request)
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
-        [str(python), str(ORACLE), str(request), str(response)], capture_output=True, text=True, cwd=workdir, env=env
+        [str(python), str(oracle), str(request), str(response)], capture_output=True, text=True, cwd=workdir, env=env
     )
     assert result.returncode == 0, f"the reference oracle failed:\n{result.stderr[-4000:]}"
     return torch.load(response, weights_only=False)
@@ -88,4 +113,4 @@ def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path) -> di
 
 def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-    return (ours.float() - theirs.float()).abs().max().item()
+    return (ours.float() - theirs.float()).abs().max().item() if ours.numel() else 0.0

@@ -15,6 +15,11 @@ on exactly these inputs:
 
 `collate_inputs` right-pads such inputs into a batch with the reference's padding values.
 
+Bacformer Large has no special tokens: `large_genome_tokens` and `large_window_inputs` build its inputs as the
+reference's builder does with ``bacformer_model_type="large"`` (`protein_embeddings_to_inputs` takes that
+switch too): the proteins of all contigs in order, ``contig_ids`` the contig index (or the given ids) capped at
+``max_n_contigs - 1``, cut after ``max_n_proteins`` proteins.
+
 Genomes longer than the limit lose their tail to truncation. `window_spans` and `window_owners` instead cut
 the genome into overlapping windows, which `bacflow.bacformer.stage` runs the model over, each built as the
 reference builds a truncated genome (CLS, a run of the genome's tokens, END); every protein takes exactly one
@@ -86,6 +91,49 @@ def genome_tokens(
     )
 
 
+def large_genome_tokens(
+    protein_embeddings: Sequence[ArrayLike],
+    max_n_contigs: int = MAX_N_CONTIGS,
+    contig_ids: Sequence[int] | None = None,
+) -> GenomeTokens:
+    """Bacformer Large's tokens of a genome (contigs of protein vectors, or one flat sequence): one per protein.
+
+    ``contig_ids``: each protein's contig id (default: the index of its contig in the list, as the reference
+    numbers them). Ids are capped at ``max_n_contigs - 1``; ``end_token_type`` is unused (there is no END).
+    """
+    if len(protein_embeddings) == 0:
+        raise ValueError("a genome needs at least one contig")
+    first = np.asarray(protein_embeddings[0], dtype=np.float32)
+    if first.ndim == 1 and first.size > 0:  # a flat sequence of protein vectors: one contig
+        protein_embeddings = [protein_embeddings]
+    contigs = [np.asarray(contig, dtype=np.float32) for contig in protein_embeddings]
+    dims = {contig.shape[-1] for contig in contigs if contig.size > 0}
+    if len(dims) != 1:
+        raise ValueError(f"protein vectors must all have one size, got sizes {sorted(dims)} (none: no proteins)")
+    (dim,) = dims
+    contigs = [contig.reshape(-1, dim) for contig in contigs]
+    if contig_ids is None:
+        ids = np.concatenate([np.full(len(contig), index, np.int64) for index, contig in enumerate(contigs)])
+    else:
+        ids = np.asarray(contig_ids, np.int64)
+    embeddings = np.concatenate(contigs)
+    if len(ids) != len(embeddings):
+        raise ValueError(f"{len(ids)} contig ids for {len(embeddings)} proteins")
+    kinds = np.full(len(embeddings), SPECIAL_TOKENS["PROT_EMB"], np.int64)
+    return GenomeTokens(embeddings, kinds, np.minimum(ids, max_n_contigs - 1), -1)
+
+
+def large_window_inputs(
+    tokens: GenomeTokens, start: int, stop: int, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Bacformer Large's inputs (batch of 1) for the proteins ``tokens[start:stop]``; with start 0 the reference's."""
+    return {
+        "protein_embeddings": torch.from_numpy(tokens.embeddings[start:stop]).to(dtype)[None],
+        "contig_ids": torch.from_numpy(tokens.token_types[start:stop])[None],
+        "attention_mask": torch.ones(1, len(tokens.kinds[start:stop]), dtype=torch.int64),
+    }
+
+
 def window_inputs(
     tokens: GenomeTokens, start: int, stop: int, dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
@@ -109,12 +157,22 @@ def protein_embeddings_to_inputs(
     max_n_contigs: int = MAX_N_CONTIGS,
     sep_token_id: int = INFERENCE_SEP_TOKEN_ID,
     dtype: torch.dtype = torch.float32,
+    contig_ids: Sequence[int] | None = None,
+    bacformer_model_type: str = "base",
 ) -> dict[str, torch.Tensor]:
-    """The reference's ``protein_embeddings_to_inputs`` (base model): tensors with a batch dimension of 1.
+    """The reference's ``protein_embeddings_to_inputs``: tensors with a batch dimension of 1.
 
     ``max_n_proteins`` limits the whole sequence in tokens, CLS, separators and END included. The
     reference's default is 9000 in 0.2.0 and 6000 at its repository head; 6000 is the training length.
+    With ``bacformer_model_type="large"``, Bacformer Large's inputs (`large_genome_tokens`: ``contig_ids`` is
+    for Large only, as in the reference), cut after ``max_n_proteins`` proteins.
     """
+    if bacformer_model_type == "large":
+        return large_window_inputs(
+            large_genome_tokens(protein_embeddings, max_n_contigs, contig_ids), 0, max_n_proteins, dtype
+        )
+    if bacformer_model_type != "base":
+        raise ValueError(f"bacformer_model_type must be 'base' or 'large', not {bacformer_model_type!r}")
     if max_n_proteins < 3:
         raise ValueError(f"max_n_proteins must leave room for CLS, one token and END, got {max_n_proteins}")
     tokens = genome_tokens(protein_embeddings, max_n_contigs, sep_token_id)
@@ -130,12 +188,15 @@ def collate_inputs(
 
     Padding values are the reference's ``collate_genome_samples``: embeddings 0, ``special_tokens_mask``
     PAD, ``token_type_ids`` ``max_n_contigs`` (the zero row), ``labels`` -100, and an ``attention_mask``
-    of 0 that comes out as float32, as there. Keys absent from the samples are absent from the batch.
+    of 0 that comes out as float32, as there. Bacformer Large's ``contig_ids`` are padded as token types are,
+    its ``mlm_mask`` with False. Keys absent from the samples are absent from the batch.
     """
     padding = {
         "protein_embeddings": 0.0,
         "special_tokens_mask": pad_token_id,
         "token_type_ids": max_n_contigs,
+        "contig_ids": max_n_contigs,
+        "mlm_mask": False,
         "labels": IGNORE_INDEX,
         "attention_mask": 0,
     }

@@ -1,5 +1,6 @@
 """Which Bacformer to run: a hub id, a local folder, or a model this workflow pretrained; its output name;
-loading it with checks; and a tiny randomly initialised one for the demo and tests.
+loading it with checks (base or Large, `bacflow.bacformer.model_families`); and a tiny randomly initialised one
+of either family for the demo and tests.
 
 ``bacformer.model`` takes three forms:
 
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bacflow.bacformer.constants import INFERENCE_SEP_TOKEN_ID
+from bacflow.bacformer.model_families import family_named, family_of_config_class
 from bacflow.core.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
     from bacflow.bacformer.modeling_bacformer import BacformerModel
+    from bacflow.bacformer.modeling_bacformer_large import BacformerLargeModel
 
 log = logging.getLogger("bacflow")
 
@@ -40,14 +43,13 @@ FOLDER_FILES = "config.json and weights"
 PRETRAIN_DESCRIPTION = "bacflow_pretrain.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
-#: The tiny model of the demo and tests: the released architecture at a fraction of its size. Its width is
-#: not here: it must equal the ESM-2 vectors' size (the input layer maps a protein vector to the hidden size).
-TINY_GEOMETRY = dict(
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=96,
-    protein_clusters_vocab_size=128,
-)
+#: The tiny models of the demo and tests, per family: the released architecture at a fraction of its size. Their
+#: width is not here: it must equal the protein vectors' size (the input layer maps a vector to the hidden size).
+TINY_GEOMETRY = {
+    "base": dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, protein_clusters_vocab_size=128),
+    # 129 head classes: 128 families and END, as the published Large counts 50,000 and END.
+    "large": dict(num_hidden_layers=2, num_attention_heads=4, protein_clusters_vocab_size=129),
+}
 
 
 def pretrain_run(model: str) -> str | None:
@@ -122,37 +124,45 @@ def separator_id(setting: int | str, folder: str | Path) -> int:
     return INFERENCE_SEP_TOKEN_ID if pretrained is None else pretrained
 
 
-def load_bacformer(folder: str | Path, device: torch.device, dtype: torch.dtype) -> BacformerModel:
-    """The encoder (``BacformerModel``, eval mode) of a Bacformer folder, on `device` in `dtype`.
+def load_bacformer(
+    folder: str | Path, device: torch.device, dtype: torch.dtype
+) -> BacformerModel | BacformerLargeModel:
+    """The encoder (eval mode) of a Bacformer folder, base (``BacformerModel``) or Large
+    (``BacformerLargeModel``) as its config.json says, on `device` in `dtype`.
 
-    A genome-modelling checkpoint (``BacformerForMaskedGM`` / ``CausalGM``, as published) gives its encoder;
-    its head is dropped. Anything else, or a checkpoint lacking encoder weights (transformers would fill them
-    at random), is an InputError.
+    A genome-modelling checkpoint (masked or causal, as published) gives its encoder; its head is dropped.
+    Anything else, or a checkpoint lacking encoder weights (transformers would fill them at random), is an
+    InputError naming the folder and the weights.
     """
     from transformers import AutoConfig
     from transformers.utils import logging as transformers_logging
 
     from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerModel
+    from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig, BacformerLargeModel
 
     folder = Path(folder)
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as error:
         raise InputError(f"model folder {folder}: unreadable config.json ({error})") from None
-    if not isinstance(config, BacformerConfig):
+    encoders = {BacformerConfig: BacformerModel, BacformerLargeConfig: BacformerLargeModel}
+    if type(config) not in encoders:
         raise InputError(
             f"model folder {folder} holds a {config.model_type!r} model, not Bacformer (model_type 'bacformer'); "
             "set bacformer.model to a Bacformer checkpoint"
         )
+    family = family_of_config_class(type(config).__name__)
     # The genome-modelling head of published checkpoints is reported as unexpected keys; missing encoder
     # weights are checked below, so transformers' own report (and its progress bar) is silenced.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     try:
-        model, info = BacformerModel.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        model, info = encoders[type(config)].from_pretrained(folder, dtype=dtype, output_loading_info=True)
     except (RuntimeError, OSError) as error:
-        raise InputError(f"model folder {folder}: its weights do not load into a Bacformer ({error})") from None
+        raise InputError(
+            f"model folder {folder}: its weights do not load into a Bacformer {family.name} ({error})"
+        ) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
         transformers_logging.enable_progress_bar()
@@ -160,31 +170,41 @@ def load_bacformer(folder: str | Path, device: torch.device, dtype: torch.dtype)
     if problems:
         raise InputError(
             f"model folder {folder}: {len(problems)} encoder weights missing or of the wrong shape (e.g. "
-            f"{', '.join(problems[:3])}): not a base Bacformer checkpoint (Bacformer Large is not supported)"
+            f"{', '.join(problems[:3])}): not a complete Bacformer {family.name} checkpoint"
         )
     if getattr(config, "bacflow_random_init", False):
         log.warning("%s is a randomly initialised model: its vectors carry no biological meaning", folder)
     return model.to(device).eval()
 
 
-def build_tiny_bacformer(out: str | Path, hidden_size: int, seed: int = 0) -> Path:
-    """Write a randomly initialised masked-genome-modelling Bacformer (`TINY_GEOMETRY`, width `hidden_size`)
-    to the folder `out` with ``save_pretrained``, as the published checkpoints are laid out; return it."""
+def build_tiny_bacformer(out: str | Path, hidden_size: int, seed: int = 0, family: str = "base") -> Path:
+    """Write a randomly initialised masked-genome-modelling Bacformer of `family` ("base" or "large";
+    `TINY_GEOMETRY`, width `hidden_size`, the protein vectors' size) to the folder `out` with
+    ``save_pretrained``, as the published checkpoints are laid out; return it."""
     import torch
 
     from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForMaskedGM
+    from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig, BacformerLargeForMaskedGM
 
-    if hidden_size % TINY_GEOMETRY["num_attention_heads"]:
+    geometry = TINY_GEOMETRY[family_named(family).name]
+    heads = geometry["num_attention_heads"]
+    # Large's rotary embedding turns pairs of dimensions: its heads need an even width.
+    if hidden_size % heads or (family == "large" and hidden_size // heads % 2):
         raise InputError(
-            f"a tiny Bacformer of width {hidden_size} (the ESM-2 vectors' size) cannot have "
-            f"{TINY_GEOMETRY['num_attention_heads']} attention heads"
+            f"a tiny Bacformer {family} of width {hidden_size} (the protein vectors' size) cannot have {heads} "
+            "attention heads"
         )
+    config_class, model_class = {
+        "base": (BacformerConfig, BacformerForMaskedGM),
+        "large": (BacformerLargeConfig, BacformerLargeForMaskedGM),
+    }[family]
     out = Path(out)
     torch.manual_seed(seed)
-    config = BacformerConfig(**TINY_GEOMETRY, hidden_size=hidden_size, bacflow_random_init=True)
-    BacformerForMaskedGM(config).save_pretrained(out)
+    config = config_class(**geometry, hidden_size=hidden_size, bacflow_random_init=True)
+    model_class(config).save_pretrained(out)
+    name = "Bacformer" if family == "base" else "Bacformer Large"
     (out / "README.md").write_text(
-        f"A randomly initialised Bacformer (2 layers, width {hidden_size}, seed {seed}), made by bacflow for tests\n"
+        f"A randomly initialised {name} (2 layers, width {hidden_size}, seed {seed}), made by bacflow for tests\n"
         "and demos. Its vectors carry no biological meaning.\n"
     )
     return out

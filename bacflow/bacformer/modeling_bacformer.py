@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,6 +123,18 @@ class BacformerConfig(PretrainedConfig):
         self.alpha_contrastive_loss = alpha_contrastive_loss
         self.problem_type = problem_type
         self.zero_loss_without_labels = zero_loss_without_labels
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> PretrainedConfig:
+        """The config; a Bacformer Large config.json (which shares model_type "bacformer") gives a
+        ``BacformerLargeConfig`` when read through this class, so ``AutoConfig`` and the Auto model classes
+        pick the right family."""
+        from bacflow.bacformer.model_families import LARGE, family_of_config
+        from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig
+
+        if cls is BacformerConfig and family_of_config(config_dict) is LARGE:
+            return BacformerLargeConfig.from_dict(config_dict, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
 
 
 @dataclass
@@ -272,6 +285,15 @@ class BacformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["BacformerEmbeddings", "BacformerLayer"]
 
+    def __init__(self, config: BacformerConfig, *args: Any, **kwargs: Any) -> None:
+        # BacformerConfig.from_dict gives a Large config for a Large folder: say so rather than fail on a key.
+        if not isinstance(config, BacformerConfig):
+            raise TypeError(
+                f"{type(self).__name__} takes a BacformerConfig, not a {type(config).__name__}: load Bacformer "
+                "Large with the BacformerLarge classes or the Auto classes"
+            )
+        super().__init__(config, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         # The transformers default is the reference's scheme: Linear and Embedding N(0, initializer_range)
         # with zero biases and padding rows, LayerNorm weight 1 and bias 0. The head's bare bias starts at 0.
@@ -410,3 +432,6 @@ AutoConfig.register(BacformerConfig.model_type, BacformerConfig, exist_ok=True)
 AutoModel.register(BacformerConfig, BacformerModel, exist_ok=True)
 AutoModelForMaskedLM.register(BacformerConfig, BacformerForMaskedGM, exist_ok=True)
 AutoModelForCausalLM.register(BacformerConfig, BacformerForCausalGM, exist_ok=True)
+
+# Bacformer Large shares model_type "bacformer": its module registers its classes with the Auto model classes.
+import bacflow.bacformer.modeling_bacformer_large  # noqa: E402, F401

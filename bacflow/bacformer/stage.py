@@ -1,13 +1,14 @@
 """The ``bacformer`` stage: contextual protein vectors and genome embeddings, one genome shard per job.
 
-A shard job reads the shard's ESM-2 vectors (``embeddings/shards/``, one per protein in genome order)
-genome by genome, builds each genome's tokens as the reference does (`bacflow.bacformer.inputs`), and runs
-the model over **pieces**: a genome that fits is one piece (exactly the reference's input); a longer one is
-cut to its first piece (mode ``truncate``, the reference) or covered by overlapping windows (mode
-``windowed``, every protein gets the vector of the window where it is farthest from a cut). Pieces of
-several genomes share a forward pass, right-padded and key-masked, longest first, under a token budget
-that counts padding; with a budget of one piece's length genomes run one at a time (padding cannot change
-a vector beyond float rounding, as padded keys are masked).
+A shard job reads the shard's protein vectors (``embeddings/shards/``, one per protein in genome order) genome
+by genome, builds each genome's tokens as the reference does for the model's family (base: CLS, proteins,
+separators, END over ESM-2 vectors; Large: the proteins alone over ESM-C vectors; `bacflow.bacformer.inputs`),
+and runs the model over **pieces**: a genome that fits is one piece (exactly the reference's input); a longer
+one is cut to its first piece (mode ``truncate``, the reference) or covered by overlapping windows (mode
+``windowed``, every protein gets the vector of the window where it is farthest from a cut). Pieces of several
+genomes share a forward pass, right-padded and key-masked, longest first, under a token budget that counts
+padding; with a budget of one piece's length genomes run one at a time (padding cannot change a vector beyond
+float rounding, as padded keys are masked).
 
 Outputs per shard: the protein vectors (``bacformer/<model>/proteins/shard=NNNNN/part-0.parquet``) and one
 row per genome with QC columns and the genome embedding (``genome_shards/shard=NNNNN.parquet``), which
@@ -17,6 +18,7 @@ read and written in chunks, so a job holds a bounded number of genomes whatever 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,6 +35,7 @@ from bacflow.bacformer.tables import MODEL_KEY, RECIPE_KEYS, genome_schema, prot
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import canonical_json, provenance
 from bacflow.core.tables import parquet_writer, read_metadata
+from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.stage import ML_PACKAGES
 from bacflow.embeddings.store import vector_array
 
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
     from bacflow.bacformer.inputs import GenomeTokens
     from bacflow.bacformer.modeling_bacformer import BacformerModel
+    from bacflow.bacformer.modeling_bacformer_large import BacformerLargeModel
 
 log = logging.getLogger("bacflow")
 
@@ -90,12 +94,34 @@ class BacformerSettings:
 
 @dataclass
 class GenomePlan:
-    """A genome's tokens and the pieces (token spans ``[start, stop)`` between CLS and END) that cover it."""
+    """A genome's tokens and the pieces (token spans ``[start, stop)``, between CLS and END where the family
+    has them) that cover it."""
 
     tokens: GenomeTokens
     spans: list[tuple[int, int]]
     owners: np.ndarray  #: per token, the piece whose output it takes; -1: cut by truncation
     protein_positions: np.ndarray  #: token positions of the proteins, in genome order
+    special_tokens: bool = True  #: pieces are framed by CLS and END (base), or are the proteins alone (Large)
+
+    @property
+    def frame(self) -> int:
+        """Tokens a piece has before its body (CLS), and after it (END)."""
+        return 1 if self.special_tokens else 0
+
+    @property
+    def n_tokens(self) -> int:
+        """The whole genome's tokens, as one piece would have them."""
+        return len(self.tokens) + 2 * self.frame
+
+    def piece_length(self, index: int) -> int:
+        start, stop = self.spans[index]
+        return stop - start + 2 * self.frame
+
+    def piece_inputs(self, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        from bacflow.bacformer.inputs import large_window_inputs, window_inputs
+
+        build = window_inputs if self.special_tokens else large_window_inputs
+        return build(self.tokens, *self.spans[index], dtype=dtype)
 
     @property
     def mode(self) -> str:
@@ -111,22 +137,30 @@ class GenomeResult:
     embedding: np.ndarray  #: (hidden,) float32
 
 
-def plan_genome(contigs: Sequence[np.ndarray], settings: BacformerSettings, sep_token_id: int) -> GenomePlan:
-    """Tokens of a genome given as its contigs' protein vectors, and the pieces that the mode makes."""
-    from bacflow.bacformer.inputs import SPECIAL_TOKENS, genome_tokens, window_owners, window_spans
+def plan_genome(
+    contigs: Sequence[np.ndarray], settings: BacformerSettings, sep_token_id: int, special_tokens: bool = True
+) -> GenomePlan:
+    """Tokens of a genome given as its contigs' protein vectors, and the pieces that the mode makes;
+    `special_tokens`: the family's (`bacflow.bacformer.model_families.ModelFamily.special_tokens`)."""
+    from bacflow.bacformer.inputs import SPECIAL_TOKENS, genome_tokens, large_genome_tokens, window_owners, window_spans
 
-    tokens = genome_tokens(contigs, settings.max_n_contigs, sep_token_id)
-    body = settings.max_n_proteins - 2  # tokens between a piece's CLS and END
+    if special_tokens:
+        tokens = genome_tokens(contigs, settings.max_n_contigs, sep_token_id)
+        body = settings.max_n_proteins - 2  # tokens between a piece's CLS and END
+    else:
+        tokens = large_genome_tokens(contigs, settings.max_n_contigs)
+        body = settings.max_n_proteins
     if settings.mode == "windowed":
         spans = window_spans(len(tokens), body, settings.window_overlap)
     else:
         spans = [(0, min(len(tokens), body))]
     owners = window_owners(len(tokens), spans)
-    return GenomePlan(tokens, spans, owners, np.flatnonzero(tokens.kinds == SPECIAL_TOKENS["PROT_EMB"]))
+    proteins = np.flatnonzero(tokens.kinds == SPECIAL_TOKENS["PROT_EMB"])
+    return GenomePlan(tokens, spans, owners, proteins, special_tokens)
 
 
 def embed_genomes(
-    model: BacformerModel,
+    model: BacformerModel | BacformerLargeModel,
     plans: Sequence[GenomePlan],
     *,
     genome_pooling: str = "proteins",
@@ -139,10 +173,10 @@ def embed_genomes(
     """
     import torch
 
-    from bacflow.bacformer.inputs import collate_inputs, window_inputs
+    from bacflow.bacformer.inputs import collate_inputs
 
     pieces = [(genome, index) for genome, plan in enumerate(plans) for index in range(len(plan.spans))]
-    lengths = np.array([_piece_length(plans[g].spans[i]) for g, i in pieces], dtype=np.int64)
+    lengths = np.array([plans[g].piece_length(i) for g, i in pieces], dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     dim = model.config.hidden_size
     results = [
@@ -158,7 +192,7 @@ def embed_genomes(
         size = max(1, token_budget // int(lengths[order[start]]))
         batch = [pieces[p] for p in order[start : start + size]]
         inputs = collate_inputs(
-            [window_inputs(plans[g].tokens, *plans[g].spans[i], dtype=model.dtype) for g, i in batch],
+            [plans[g].piece_inputs(i, model.dtype) for g, i in batch],
             max_n_contigs=model.config.max_token_type_embeddings,  # the zero row that padding takes
         )
         try:
@@ -193,10 +227,6 @@ def embed_genomes(
     return results
 
 
-def _piece_length(span: tuple[int, int]) -> int:
-    return span[1] - span[0] + 2  # with its CLS and END
-
-
 def _take_outputs(
     plan: GenomePlan,
     index: int,
@@ -207,19 +237,20 @@ def _take_outputs(
     genome: int,
     genome_pooling: str,
 ) -> None:
-    """Copy the outputs of piece `index` (its row `hidden`, CLS at 0) that the piece owns into `result`."""
+    """Copy the outputs of piece `index` (its row `hidden`, CLS at 0 where the family has one) that the piece
+    owns into `result`."""
     start, stop = plan.spans[index]
+    frame = plan.frame
     owned = np.flatnonzero(plan.owners[start:stop] == index)  # body tokens, relative to start
     proteins = np.isin(start + owned, plan.protein_positions)
     slots = np.searchsorted(plan.protein_positions, start + owned[proteins])
-    result.vectors[slots] = hidden[1 + owned[proteins]]
+    result.vectors[slots] = hidden[frame + owned[proteins]]
     result.embedded[slots] = True
     if genome_pooling == "all_positions":
         # The reference's mean over every position: the body tokens once each, the genome's CLS (first
         # piece) and END (last piece); a single piece gives exactly its mean over all positions.
-        rows = (
-            [1 + owned] + ([[0]] if index == 0 else []) + ([[stop - start + 1]] if index == len(plan.spans) - 1 else [])
-        )
+        first, last = frame and index == 0, frame and index == len(plan.spans) - 1
+        rows = [frame + owned] + ([[0]] if first else []) + ([[stop - start + 1]] if last else [])
         taken = hidden[np.concatenate(rows)]
         sums[genome] += taken.sum(0, dtype=np.float64)
         counts[genome] += len(taken)
@@ -327,14 +358,16 @@ def bacformer_shard(
     import torch
 
     from bacflow.bacformer.model import FOLDER_FILES, load_bacformer, separator_id
+    from bacflow.bacformer.model_families import family_of_config_class
     from bacflow.core.models import choose_device, resolve_model
 
     torch.set_num_threads(threads)
     device, dtype = choose_device(settings.dtype)
     source = resolve_model(model, revision, setting="bacformer", files=FOLDER_FILES)
     net = load_bacformer(source.path, device, getattr(torch, dtype))
+    family = family_of_config_class(type(net.config).__name__)
     sep_token_id = separator_id(settings.sep_token_id, source.path)
-    _check_limits(net, settings, vectors_path)
+    _check_limits(net, settings, vectors_path, source.label)
     budget = settings.gpu_token_budget if device.type == "cuda" else settings.cpu_token_budget
     identity = {
         "model": source.label,
@@ -371,7 +404,7 @@ def bacformer_shard(
     ):
         rows_seen = 0
         for chunk in _chunks(read_shard_genomes(vectors_path), CHUNK_PROTEINS):
-            plans = [plan_genome(genome.contigs(), settings, sep_token_id) for genome in chunk]
+            plans = [plan_genome(genome.contigs(), settings, sep_token_id, family.special_tokens) for genome in chunk]
             results = embed_genomes(net, plans, genome_pooling=settings.genome_pooling, token_budget=budget)
             for genome, plan, result in zip(chunk, plans, results, strict=False):
                 protein_writer.write_table(_protein_rows(genome, result, ids, settings.vector_dtype, proteins_path))
@@ -404,13 +437,20 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def _check_limits(net: BacformerModel, settings: BacformerSettings, vectors_path: str | Path) -> None:
+def _check_limits(
+    net: BacformerModel | BacformerLargeModel, settings: BacformerSettings, vectors_path: str | Path, model: str
+) -> None:
+    """Refuse settings beyond the model's tables, and vectors of another width or recipe than its family takes."""
+    from bacflow.bacformer.model_families import FAMILIES, family_of_config_class
+
     config = net.config
-    positions = int(config.max_position_embeddings * 1.5)  # the model's rotary table
-    if settings.max_n_proteins > positions:
-        raise InputError(
-            f"bacformer.max_n_proteins {settings.max_n_proteins} exceeds the model's {positions} positions"
-        )
+    family = family_of_config_class(type(config).__name__)
+    if family.special_tokens:  # base: a rotary table of 1.5 times the training length; Large computes any length
+        positions = int(config.max_position_embeddings * 1.5)
+        if settings.max_n_proteins > positions:
+            raise InputError(
+                f"bacformer.max_n_proteins {settings.max_n_proteins} exceeds the model's {positions} positions"
+            )
     if settings.max_n_proteins > config.max_position_embeddings:
         log.warning(
             "bacformer.max_n_proteins %d is beyond the %d tokens the model was trained on",
@@ -425,12 +465,26 @@ def _check_limits(net: BacformerModel, settings: BacformerSettings, vectors_path
     schema = pq.read_schema(vectors_path)
     if "vector" not in schema.names:
         raise InputError(f"{vectors_path} has no column 'vector': not an embeddings shard")
+    takes = (
+        f"{model} is a Bacformer {family.name}, which takes {family.encoder} vectors of its hidden size "
+        f"{config.hidden_size} (the published ones: {family.embedding_model}, size {family.vector_width})"
+    )
     width = schema.field("vector").type.list_size
     if width != config.hidden_size:
+        named = [f.name for f in FAMILIES.values() if f.vector_width == width]
+        made = f" (the width of Bacformer {named[0]}'s vectors)" if named else ""
         raise InputError(
-            f"{vectors_path}: protein vectors of size {width}, but the Bacformer model takes vectors of its hidden "
-            f"size {config.hidden_size}: the embeddings recipe does not match the model (the published checkpoints "
-            "take facebook/esm2_t12_35M_UR50D vectors, size 480)"
+            f"{vectors_path}: protein vectors of size {width}{made}, but {takes}: the embeddings recipe does not "
+            "match the model"
+        )
+    recipe = json.loads((schema.metadata or {}).get(RECIPE.encode(), b"{}"))
+    encoder = recipe.get("encoder") or next(
+        (f.encoder for f in FAMILIES.values() if f.embedding_model == recipe.get("model")), None
+    )
+    if encoder is not None and encoder != family.encoder:
+        raise InputError(
+            f"{vectors_path}: {encoder} protein vectors ({recipe.get('model')}), but {takes}: the embeddings recipe "
+            "does not match the model"
         )
 
 
@@ -466,7 +520,7 @@ def _genome_rows(
             "genome_id": [genome.genome_id for genome in chunk],
             "proteins": pa.array([len(genome.vectors) for genome in chunk], pa.int32()),
             "contigs": pa.array([len(np.unique(genome.contig_index)) for genome in chunk], pa.int32()),
-            "tokens": pa.array([len(plan.tokens) + 2 for plan in plans], pa.int32()),
+            "tokens": pa.array([plan.n_tokens for plan in plans], pa.int32()),
             "mode": [plan.mode for plan in plans],
             "windows": pa.array([len(plan.spans) for plan in plans], pa.int32()),
             "proteins_embedded": pa.array([int(result.embedded.sum()) for result in results], pa.int32()),

@@ -44,10 +44,11 @@ class CorpusIndex:
     row_group_of: np.ndarray
     row_of: np.ndarray  # row within its row group
     tokens: np.ndarray  # example length before truncation: CLS, proteins, separators, END
+    proteins: np.ndarray  # Bacformer Large's example length before truncation
 
     @classmethod
     def of_files(cls, paths: Sequence[str | Path]) -> CorpusIndex:
-        file_of, row_group_of, row_of, tokens = [], [], [], []
+        file_of, row_group_of, row_of, tokens, proteins = [], [], [], [], []
         for number, path in enumerate(paths):
             parquet = pq.ParquetFile(path)
             for group in range(parquet.num_row_groups):
@@ -57,12 +58,14 @@ class CorpusIndex:
                 row_of += range(rows)
             sizes = parquet.read(columns=["n_proteins", "n_contigs"])
             tokens.append(pc.add(pc.add(sizes.column("n_proteins"), sizes.column("n_contigs")), 2).to_numpy())
+            proteins.append(sizes.column("n_proteins").to_numpy())
         return cls(
             files=[str(path) for path in paths],
             file_of=np.array(file_of, np.int64),
             row_group_of=np.array(row_group_of, np.int64),
             row_of=np.array(row_of, np.int64),
             tokens=np.concatenate(tokens) if tokens else np.zeros(0, np.int64),
+            proteins=np.concatenate(proteins) if proteins else np.zeros(0, np.int64),
         )
 
     def __len__(self) -> int:
@@ -86,7 +89,8 @@ class GenomeDataset(Dataset):
 
     def lengths(self) -> np.ndarray:
         """Example lengths in tokens, after truncation."""
-        return np.minimum(self.index.tokens, self.params.max_n_proteins)
+        tokens = self.index.tokens if self.params.special_tokens else self.index.proteins
+        return np.minimum(tokens, self.params.max_n_proteins)
 
     def _file(self, number: int) -> pq.ParquetFile:
         # Opened lazily in each worker process (file handles do not travel to workers), a few at a time.

@@ -18,6 +18,12 @@ https://github.com/macwiatrak/Bacformer) builds one example per genome, and this
 - causal objective: nothing is masked and every label is kept (proteins' families and END's), as the
   reference does with ``mgm_probability`` 0.
 
+Bacformer Large (``special_tokens=False``; the reference ships no pretraining transform for it) takes the proteins
+alone, as its inference builder lays them out: the first ``max_n_proteins``, contig indices capped at
+``max_n_contigs - 1``, no CLS, separator or END (so no END target). The same draws choose targets, and the masked
+ones are flagged in ``mlm_mask`` (the model replaces their vectors by its learned mask vector) instead of
+becoming MASK tokens. Only the masked objective exists for Large.
+
 What the reference leaves to the caller, decided here:
 
 - the random draws come from a generator the caller seeds per (epoch, genome), not from numpy's global state,
@@ -53,10 +59,13 @@ class ExampleParams:
     max_n_contigs: int = MAX_N_CONTIGS
     end_label: int = 50000  # the vocabulary size: the GM head's END class
     sep_token_id: int = SPECIAL_TOKENS["SEP"]
+    special_tokens: bool = True  # base Bacformer's layout; False: Bacformer Large's (proteins only)
 
     def __post_init__(self) -> None:
         if self.objective not in ("masked", "causal"):
             raise ValueError(f"objective must be 'masked' or 'causal', not {self.objective!r}")
+        if self.objective == "causal" and not self.special_tokens:
+            raise ValueError("Bacformer Large has only the masked objective (the reference has no causal Large)")
         if self.objective == "masked" and not 0 < self.mgm_probability <= 1:
             raise ValueError(f"the masked objective needs 0 < mgm_probability <= 1, got {self.mgm_probability}")
         if self.max_n_proteins < 3:
@@ -154,6 +163,8 @@ def pretraining_example(
     if shuffle_contigs:
         order, contig_idx = shuffled_contigs(contig_idx, rng)
         protein_embeddings, labels = protein_embeddings[order], labels[order]
+    if not params.special_tokens:
+        return large_example(protein_embeddings, contig_idx, labels, params, rng)
     tokens = training_tokens(contig_idx, labels, params)
     kinds, targets = tokens.kinds, tokens.labels
     if params.objective == "masked":
@@ -165,6 +176,27 @@ def pretraining_example(
         "protein_embeddings": torch.from_numpy(vectors)[None],
         "special_tokens_mask": torch.from_numpy(kinds)[None],
         "token_type_ids": torch.from_numpy(tokens.token_types)[None],
+        "labels": torch.from_numpy(targets)[None],
+        "attention_mask": torch.ones(1, len(kinds), dtype=torch.int64),
+    }
+
+
+def large_example(
+    protein_embeddings: np.ndarray,
+    contig_idx: np.ndarray,
+    labels: np.ndarray,
+    params: ExampleParams,
+    rng: np.random.Generator,
+) -> dict[str, torch.Tensor]:
+    """A genome's Bacformer Large inputs (batch of 1): the first ``max_n_proteins`` proteins, masked by `mlm_mask`."""
+    keep = params.max_n_proteins
+    kinds = np.full(min(len(labels), keep), SPECIAL_TOKENS["PROT_EMB"], np.int64)
+    kinds, targets = mask_proteins(kinds, np.asarray(labels[:keep], np.int64), params.mgm_probability, rng)
+    contig_ids = np.minimum(np.asarray(contig_idx[:keep], np.int64), params.max_n_contigs - 1)
+    return {
+        "protein_embeddings": torch.from_numpy(np.ascontiguousarray(protein_embeddings[:keep]))[None],
+        "contig_ids": torch.from_numpy(contig_ids)[None],
+        "mlm_mask": torch.from_numpy(kinds == SPECIAL_TOKENS["MASK"])[None],
         "labels": torch.from_numpy(targets)[None],
         "attention_mask": torch.ones(1, len(kinds), dtype=torch.int64),
     }

@@ -16,11 +16,16 @@ the chosen checkpoint's validation metrics.
 A run that finds a complete checkpoint in ``checkpoints/`` resumes from the newest one: the same optimizer
 step, learning rate, data order and masks, so with the same seed it ends with the same model as a run that was
 never interrupted (tested). A checkpoint of another architecture is refused.
+
+``family`` chooses the model: ``base`` (the published Bacformer, over ESM-2 vectors, either objective) or
+``large`` (Bacformer Large, over ESM-C vectors, masked objective only: the reference has no causal Large), built
+new from ``model`` or continued from ``init_from``, on the same corpus, splits, resume and metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -38,16 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import collate_inputs
+from bacflow.bacformer.model_families import ModelFamily, family_named, family_of_config, family_of_config_class
 from bacflow.bacformer.modeling_bacformer import (
     SPECIAL_TOKENS,
     BacformerConfig,
     BacformerForCausalGM,
     BacformerForMaskedGM,
 )
+from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig, BacformerLargeForMaskedGM
 from bacflow.core.errors import InputError
 from bacflow.core.provenance import config_hash, tool_versions
 from bacflow.core.tables import atomic_path, remove_leftovers
@@ -71,7 +78,13 @@ ARCHITECTURE_KEYS = (
 #: Reference: gradient checkpointing on a GPU for models deeper than this.
 CHECKPOINTING_MIN_LAYERS = 7
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_MODEL_CLASSES = {"masked": BacformerForMaskedGM, "causal": BacformerForCausalGM}
+_MODEL_CLASSES = {
+    ("base", "masked"): BacformerForMaskedGM,
+    ("base", "causal"): BacformerForCausalGM,
+    ("large", "masked"): BacformerLargeForMaskedGM,
+}
+_CONFIG_CLASSES = {"base": BacformerConfig, "large": BacformerLargeConfig}
+GenomeModel = BacformerForMaskedGM | BacformerForCausalGM | BacformerLargeForMaskedGM
 _PACKAGES = ("bacflow", "torch", "transformers", "accelerate", "pyarrow", "numpy")
 
 
@@ -83,14 +96,23 @@ REFERENCE_TRAINING_GEOMETRY = {
     "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1,
 }
+#: The published Bacformer Large's geometry (its width is the ESM-C vectors'), for ``model`` with family large.
+LARGE_TRAINING_GEOMETRY = {
+    "num_hidden_layers": 30,
+    "num_attention_heads": 15,
+    "hidden_dropout_prob": 0.1,
+    "final_layer_dropout_prob": 0.1,
+}
 
 
 @dataclass(frozen=True)
 class PretrainParams:
     """Training settings (config ``pretrain:``); defaults are the reference trainer's (0.2.0 command line)."""
 
-    objective: str = "masked"  # masked | causal
-    # BacformerConfig values of a new model: the reference trainer's (its config class defaults to 6 layers).
+    objective: str = "masked"  # masked | causal (base only)
+    family: str = "base"  # base | large (bacflow.bacformer.model_families); init_from must be of this family
+    # Config values of a new model (BacformerConfig's, or BacformerLargeConfig's for family large): the reference
+    # trainer's (its config class defaults to 6 layers).
     model: Mapping[str, Any] = field(default_factory=lambda: dict(REFERENCE_TRAINING_GEOMETRY))
     init_from: str | None = None  # a model folder or hub id to continue from (its architecture wins)
     mgm_probability: float = 0.15
@@ -128,6 +150,7 @@ class PretrainParams:
                 f"pretrain: save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}): the "
                 "best checkpoint is chosen by validation loss"
             )
+        family_named(self.family)
         self.example_params(1)  # fails on a bad objective or masking probability
 
     def within_threads(self, threads: int, processes: int) -> PretrainParams:
@@ -146,6 +169,7 @@ class PretrainParams:
                 max_n_contigs=self.max_n_contigs,
                 end_label=vocab_size,
                 sep_token_id=self.sep_token_id,
+                special_tokens=family_named(self.family).special_tokens,
             )
         except ValueError as error:
             raise InputError(f"pretrain: {error}") from None
@@ -173,7 +197,7 @@ def newest_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
-def check_resumable(checkpoint: Path, config: BacformerConfig) -> None:
+def check_resumable(checkpoint: Path, config: BacformerConfig | BacformerLargeConfig) -> None:
     """Refuse a checkpoint whose weights have other shapes or another objective than the model to train."""
     try:
         saved = json.loads((checkpoint / "config.json").read_text())
@@ -187,6 +211,8 @@ def check_resumable(checkpoint: Path, config: BacformerConfig) -> None:
     ]
     if saved.get("model_type") != config.model_type:
         differences.insert(0, f"model_type {saved.get('model_type')!r} (this run: {config.model_type!r})")
+    elif (found := family_of_config(saved).name) != (ours_family := family_of_config(ours).name):
+        differences.insert(0, f"Bacformer {found} (this run: {ours_family})")
     if differences:
         raise InputError(
             f"{checkpoint}: cannot resume from a checkpoint of another architecture: {'; '.join(differences)}. "
@@ -194,37 +220,56 @@ def check_resumable(checkpoint: Path, config: BacformerConfig) -> None:
         )
 
 
-def make_model(
-    params: PretrainParams, embedding_dim: int, vocab_size: int
-) -> BacformerForMaskedGM | BacformerForCausalGM:
-    """A new model for the corpus (vectors of ``embedding_dim``, ``vocab_size`` families), or the model of
-    ``init_from`` (continued pretraining), checked against the corpus."""
-    model_class = _MODEL_CLASSES[params.objective]
+def config_vocabulary(family: ModelFamily, vocab_size: int) -> int:
+    """``protein_clusters_vocab_size`` of a model for `vocab_size` families: base counts the families (its head
+    adds END), Large counts its head's classes, the families and END (as the published 50,001)."""
+    return vocab_size if family.special_tokens else vocab_size + 1
+
+
+def make_model(params: PretrainParams, embedding_dim: int, vocab_size: int) -> GenomeModel:
+    """A new model of ``params.family`` for the corpus (vectors of ``embedding_dim``, ``vocab_size`` families), or
+    the model of ``init_from`` (continued pretraining), checked against the corpus and the family."""
+    family = family_named(params.family)
+    model_class = _MODEL_CLASSES[family.name, params.objective]
+    vocabulary = config_vocabulary(family, vocab_size)
     if params.init_from:
         try:
-            model = model_class.from_pretrained(params.init_from)
+            config = AutoConfig.from_pretrained(params.init_from)
+            found = family_of_config_class(type(config).__name__) if type(config) in _CONFIG_CLASSES.values() else None
+            if found is family:
+                model = model_class.from_pretrained(params.init_from)
         except (OSError, ValueError) as error:
             raise InputError(f"pretrain.init_from: cannot load {params.init_from}: {error}") from None
-        found = {"hidden_size": model.config.hidden_size, "vocabulary": model.config.protein_clusters_vocab_size}
-        if found != {"hidden_size": embedding_dim, "vocabulary": vocab_size}:
+        if found is not family:
+            what = f"a Bacformer {found.name}" if found else f"a {config.model_type!r} model"
+            raise InputError(f"pretrain.init_from: {params.init_from} is {what}, but pretrain.family is {family.name}")
+        shape = {"hidden_size": model.config.hidden_size, "vocabulary": model.config.protein_clusters_vocab_size}
+        if shape != {"hidden_size": embedding_dim, "vocabulary": vocabulary}:
+            families = shape["vocabulary"] - (vocabulary - vocab_size)
             raise InputError(
-                f"pretrain.init_from: {params.init_from} has hidden size {found['hidden_size']} and "
-                f"{found['vocabulary']} families; the corpus has {embedding_dim}-d protein vectors and "
-                f"{vocab_size} families"
+                f"pretrain.init_from: {params.init_from} has hidden size {shape['hidden_size']} and "
+                f"{families} families; the corpus has {embedding_dim}-d protein vectors and {vocab_size} families"
             )
-        model.config.is_causal_gm = params.objective == "causal"
+        if family.name == "base":
+            model.config.is_causal_gm = params.objective == "causal"
         return model
-    config = BacformerConfig(
-        **{
-            **dict(params.model),
-            "hidden_size": embedding_dim,
-            "protein_clusters_vocab_size": vocab_size,
-            "max_position_embeddings": params.max_n_proteins,
-            "max_token_type_embeddings": params.max_n_contigs,
-            "is_causal_gm": params.objective == "causal",
-        }
-    )
-    return model_class(config)
+    config_class = _CONFIG_CLASSES[family.name]
+    unknown = sorted(set(params.model) - set(inspect.signature(config_class.__init__).parameters))
+    if unknown:
+        raise InputError(
+            f"pretrain.model: {', '.join(unknown)} not settings of a Bacformer {family.name} ({config_class.__name__})"
+            + (f"; the published Large geometry is {LARGE_TRAINING_GEOMETRY}" if family.name == "large" else "")
+        )
+    settings = {
+        **dict(params.model),
+        "hidden_size": embedding_dim,
+        "protein_clusters_vocab_size": vocabulary,
+        "max_position_embeddings": params.max_n_proteins,
+        "max_token_type_embeddings": params.max_n_contigs,
+    }
+    if family.name == "base":
+        settings["is_causal_gm"] = params.objective == "causal"
+    return model_class(config_class(**settings))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,9 +317,10 @@ class PretrainTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**inputs, return_dict=True)
-        hits = family_hits(
-            outputs.logits, inputs["labels"], inputs["special_tokens_mask"], self.causal, self.majority_family
-        )
+        kinds = inputs.get("special_tokens_mask")
+        if kinds is None:  # Bacformer Large: masked proteins are flagged in mlm_mask
+            kinds = torch.where(inputs["mlm_mask"], SPECIAL_TOKENS["MASK"], SPECIAL_TOKENS["PROT_EMB"])
+        hits = family_hits(outputs.logits, inputs["labels"], kinds, self.causal, self.majority_family)
         return outputs.loss.detach(), hits, inputs["labels"]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -387,7 +433,7 @@ def train(
     """
     run_dir = Path(run_dir)
     corpus = read_corpus(corpus_json)
-    example = params.example_params(corpus["vocab_size"])
+    example = params.example_params(corpus["vocab_size"])  # before the model: a bad objective fails first
     set_seed(params.seed)
     model = make_model(params, corpus["embedding_dim"], corpus["vocab_size"])
     # Tells the Trainer which input holds the tokens (it counts the non-padding ones through attention_mask).
@@ -447,7 +493,7 @@ def train(
 
 
 def save_model(
-    model: BacformerForMaskedGM | BacformerForCausalGM,
+    model: GenomeModel,
     folder: Path,
     params: PretrainParams,
     corpus: Mapping[str, Any],

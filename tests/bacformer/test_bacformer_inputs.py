@@ -12,13 +12,15 @@ from bacflow.bacformer.constants import INFERENCE_SEP_TOKEN_ID, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import (
     collate_inputs,
     genome_tokens,
+    large_genome_tokens,
     protein_embeddings_to_inputs,
     window_owners,
     window_spans,
 )
 from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerModel
 from bacflow.bacformer.stage import BacformerSettings, embed_genomes, plan_genome
-from bacformer_helpers import max_abs_diff, randomize, run_reference, tiny_config
+from bacformer_helpers import max_abs_diff, randomize, real_contig_sizes, run_reference, tiny_config
+from conftest import needs_shared
 
 #: Windowed outputs against single runs of the same window: fp32, the same tiny model.
 WINDOW_TOLERANCE = 1e-5
@@ -130,6 +132,49 @@ def test_builder_and_collate_match_the_reference(reference_python: Path, tmp_pat
         assert collated[key].dtype == theirs["collated"][key].dtype and torch.equal(
             collated[key], theirs["collated"][key]
         ), key
+
+
+# ---------------------------------------------------------------------------------------------- Large
+
+
+def test_large_inputs_have_no_special_tokens_and_cap_contig_ids() -> None:
+    contigs = genome(6, [3, 2, 1, 2])
+    inputs = protein_embeddings_to_inputs(contigs, max_n_contigs=3, bacformer_model_type="large")
+    assert inputs.keys() == {"protein_embeddings", "contig_ids", "attention_mask"}
+    assert inputs["contig_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]  # contig 3 shares the last id, 2
+    assert inputs["attention_mask"].tolist() == [[1] * 8] and inputs["contig_ids"].dtype == torch.int64
+    proteins = [vector for contig in contigs for vector in contig]
+    assert torch.equal(inputs["protein_embeddings"][0], torch.from_numpy(np.stack(proteins)))
+    cut = protein_embeddings_to_inputs(contigs, max_n_proteins=4, bacformer_model_type="large")
+    assert cut["contig_ids"].tolist() == [[0, 0, 0, 1]] and cut["protein_embeddings"].shape == (1, 4, 8)
+    # A genome given as arrays per contig (how shard jobs hold it) gives the same tokens as lists of vectors.
+    arrays = large_genome_tokens([np.stack(contig) for contig in contigs], max_n_contigs=3)
+    assert np.array_equal(arrays.token_types, inputs["contig_ids"][0].numpy())
+
+
+@needs_shared
+def test_large_builder_matches_the_reference_on_a_real_genome(reference_python: Path, tmp_path: Path) -> None:
+    contigs = genome(0, real_contig_sizes(), dim=16)  # the real genome's contigs, random vectors
+    n = sum(len(contig) for contig in contigs)
+    assert (len(contigs), n) == (89, 3145)
+    spread = [20 * index for index, contig in enumerate(contigs) for _ in contig]  # ids up to 1,760: capped at 999
+    cases = [
+        (contigs, {"max_n_proteins": 9000}),
+        (contigs, {"max_n_proteins": 9000, "max_n_contigs": 10}),
+        (contigs, {"max_n_proteins": 1000}),
+        (contigs, {"max_n_proteins": 6000, "contig_ids": spread}),
+        (contigs[0], {"max_n_proteins": 9000}),  # a flat list of proteins: one contig
+    ]
+    job = {"kind": "large_inputs", "name": "large", "genomes": cases}
+    theirs = run_reference(reference_python, [job], tmp_path)["large"]
+    for index, ((proteins, kwargs), reference) in enumerate(zip(cases, theirs, strict=True)):
+        mine = protein_embeddings_to_inputs(proteins, bacformer_model_type="large", **kwargs)
+        assert mine.keys() == reference.keys()
+        for key in mine:
+            assert mine[key].dtype == reference[key].dtype and torch.equal(mine[key], reference[key]), (index, key)
+    lengths = [reference["contig_ids"].shape[1] for reference in theirs]
+    assert lengths == [n, n, 1000, n, len(contigs[0])]
+    assert theirs[1]["contig_ids"].max() == 9 and theirs[3]["contig_ids"].max() == 999
 
 
 # ---------------------------------------------------------------------------------------------- windows

@@ -22,12 +22,15 @@ from bacflow.bacformer.model import (
     separator_id,
 )
 from bacflow.bacformer.modeling_bacformer import BacformerModel
+from bacflow.bacformer.modeling_bacformer_large import BacformerLargeModel
 from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome
 from bacflow.bacformer.tables import MODEL_KEY, gather_genomes, model_identity
 from bacflow.core.errors import InputError
 from bacflow.core.models import resolve_model
+from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.store import vector_array
-from bacformer_helpers import max_abs_diff, randomize, tiny_config
+from bacformer_helpers import max_abs_diff, randomize, real_contig_sizes, run_reference, tiny_config
+from conftest import needs_shared
 
 #: fp32 outputs of the same inputs through differently padded batches (padded keys are masked).
 TOLERANCE = 1e-5
@@ -312,3 +315,111 @@ def test_a_nan_input_vector_is_refused_naming_the_genome_and_protein(tiny_folder
     with pytest.raises(InputError, match=r"vectors.parquet: genome broken has 1 protein vectors.*protein_index 3"):
         shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / "out")
     assert not list((tmp_path / "out").glob("**/*"))  # no file, not even a temporary one
+
+
+# ------------------------------------------------------------------------------------------ Bacformer Large
+
+
+@pytest.fixture(scope="module")
+def large_folder(tmp_path_factory) -> Path:
+    return build_tiny_bacformer(tmp_path_factory.mktemp("large") / "bacformer-large", DIM, family="large")
+
+
+def run_large(model, genomes: list[list[np.ndarray]], budget: int = 1, **overrides):
+    plans = [plan_genome(contigs, settings(**overrides), 2, special_tokens=False) for contigs in genomes]
+    return plans, embed_genomes(model, plans, token_budget=budget)
+
+
+def test_large_genomes_run_as_proteins_only_in_every_mode(large_folder: Path):
+    model = load_bacformer(large_folder, torch.device("cpu"), torch.float32)
+    assert isinstance(model, BacformerLargeModel) and not model.training
+    # A genome that fits: one piece, exactly the reference builder's input.
+    contigs = genome(2, [10, 5])
+    with torch.no_grad():
+        hidden = model(**protein_embeddings_to_inputs(contigs, bacformer_model_type="large"))[0][0]
+    (plan,), (result,) = run_large(model, [contigs])
+    assert plan.mode == "whole" and plan.n_tokens == 15 and np.array_equal(result.vectors, hidden.numpy())
+    assert np.allclose(result.embedding, hidden.mean(0).numpy(), atol=1e-6)  # the README's genome embedding
+    # A long one: windows of LIMIT proteins (no CLS or END), every protein from a run of its own window.
+    contigs = genome(1, [70, 45, 30])
+    (plan,), (windowed,) = run_large(model, [contigs], mode="windowed")
+    assert plan.mode == "windowed" and all(stop - start == LIMIT for start, stop in plan.spans)
+    assert windowed.embedded.all()
+    for index in range(len(plan.spans)):
+        with torch.no_grad():
+            window = model(**plan.piece_inputs(index, torch.float32))[0][0].numpy()
+        start = plan.spans[index][0]
+        mine = np.flatnonzero(plan.owners == index)
+        assert np.abs(windowed.vectors[mine] - window[mine - start]).max() <= TOLERANCE
+    batched = run_large(model, [contigs], budget=10**6, mode="windowed")[1][0]
+    assert np.abs(batched.vectors - windowed.vectors).max() <= TOLERANCE
+    (cut_plan,), (truncated,) = run_large(model, [contigs], mode="truncate")
+    assert cut_plan.mode == "truncated" and truncated.embedded.tolist() == [True] * LIMIT + [False] * (145 - LIMIT)
+
+
+@needs_shared
+def test_large_shard_job_matches_the_reference_forward_on_a_real_genome(
+    large_folder: Path, reference_python: Path, tmp_path: Path
+):
+    sizes = real_contig_sizes()
+    contigs = genome(20, sizes)
+    vectors_path, proteins_path = write_shard(tmp_path, {"efaecalis": contigs})
+    cases = {"whole": {"max_n_proteins": 4000}, "truncate": {"max_n_proteins": 1000, "mode": "truncate"}}
+    jobs, tables = [], {}
+    for case, overrides in cases.items():
+        shard_job(large_folder, (vectors_path, proteins_path), tmp_path / case, **overrides)
+        tables[case] = (
+            pq.read_table(tmp_path / case / "proteins.parquet"),
+            pq.read_table(tmp_path / case / "genomes.parquet"),
+        )
+        inputs = protein_embeddings_to_inputs(
+            contigs, max_n_proteins=overrides["max_n_proteins"], bacformer_model_type="large"
+        )
+        jobs.append(
+            dict(kind="forward", name=case, model="BacformerLargeModel", folder=str(large_folder), inputs=[inputs])
+        )
+    reference = run_reference(reference_python, jobs, tmp_path)
+    for case in cases:
+        proteins, genomes = tables[case]
+        expected = reference[case]["outputs"][0]["last_hidden_state"][0].numpy()
+        vectors = np.stack(proteins.column("vector").to_numpy(zero_copy_only=False))
+        row = genomes.to_pylist()[0]
+        assert vectors.shape == expected.shape == (row["proteins_embedded"], DIM)
+        assert row["tokens"] == sum(sizes) == row["proteins"] and row["contigs"] == len(sizes)
+        assert np.abs(vectors - expected).max() <= 1e-4, case
+        assert np.abs(np.array(row["embedding"]) - expected.mean(0)).max() <= 1e-4, case
+    assert tables["truncate"][1].to_pylist()[0]["proteins_cut"] == sum(sizes) - 1000
+
+
+def test_vectors_of_the_other_familys_width_or_recipe_are_refused(large_folder: Path, tmp_path: Path):
+    base = build_tiny_bacformer(tmp_path / "base-480", 480)
+    large = build_tiny_bacformer(tmp_path / "large-960", 960, family="large")
+    for folder, width, message in (
+        (large, 480, r"size 480 \(the width of Bacformer base's vectors\).*Bacformer large, which takes esmc"),
+        (base, 960, r"size 960 \(the width of Bacformer large's vectors\).*Bacformer base, which takes esm2"),
+    ):
+        shard = tmp_path / f"w{width}"
+        shard.mkdir()
+        inputs = write_shard(shard, {"g": [np.random.default_rng(0).normal(size=(3, width)).astype(np.float32)]})
+        with pytest.raises(InputError, match=message):
+            shard_job(folder, inputs, shard / "out")
+    # Vectors of the right width from the other family's recipe (here: ESM-2's, by its hub id).
+    vectors_path, proteins_path = write_shard(tmp_path, {"g": genome(3, [4])})
+    table = pq.read_table(vectors_path)
+    recipe = json.dumps({"model": "facebook/esm2_t12_35M_UR50D"})
+    pq.write_table(table.replace_schema_metadata({RECIPE: recipe}), vectors_path)
+    with pytest.raises(InputError, match=r"esm2 protein vectors \(facebook/esm2_t12_35M_UR50D\).*takes esmc"):
+        shard_job(large_folder, (vectors_path, proteins_path), tmp_path / "out")
+
+
+def test_a_large_checkpoint_with_missing_weights_is_refused_naming_them(large_folder: Path, tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-large"
+    broken.mkdir()
+    (broken / "config.json").write_text((large_folder / "config.json").read_text())
+    weights = load_file(large_folder / "model.safetensors")
+    del weights["bacformer.encoder.layers.1.ffn.1.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"broken-large: 1 encoder weights missing.*layers\.1\.ffn\.1\.weight.*large"):
+        load_bacformer(broken, torch.device("cpu"), torch.float32)
