@@ -1,12 +1,17 @@
 """The run plan: everything the workflow's rules need, computed once from the config and the sample sheet.
 
 `make_plan` checks the config and the sheet and works out the samples and their shards, the buckets, every
-output folder, the settings each stage's jobs get, which ESM-2 and Bacformer models the run uses, and the
-pretraining splits. The rules only read it (``rules/common.smk`` makes it), so what a run will do is plain,
-tested Python, and no rule file depends on another's globals.
+output folder, the settings each stage's jobs get, which protein encoder (ESM-2 or ESM-C) and Bacformer (base or
+Large) the run uses, and the pretraining splits. The rules only read it (``rules/common.smk`` makes it), so
+what a run will do is plain, tested Python, and no rule file depends on another's globals.
 
 Nothing here imports PyTorch: a hub model id is resolved to a commit (and downloaded if it is not cached)
 only when a job that needs it is planned, once (`RunPlan.esm_model`, `RunPlan.bacformer_model`).
+
+Model families are data (`bacflow.bacformer.model_families`): the Bacformer model decides which protein encoder
+its vectors come from (``embeddings.model: auto``), and a model fed another encoder's vectors is refused while
+the run is planned. Each encoder has its own folder under ``embeddings/`` and each Bacformer model its own under
+``bacformer/``, so runs of both families share one outdir, its proteins and its families.
 """
 
 from __future__ import annotations
@@ -19,15 +24,28 @@ from pathlib import Path
 from typing import Any
 
 from bacflow.bacformer.model import FOLDER_FILES, hidden_size, output_name, pretrain_model_folder, pretrain_run
+from bacflow.bacformer.model_families import (
+    BASE,
+    LARGE,
+    ModelFamily,
+    family_named,
+    family_of,
+    family_of_encoder,
+    published_family,
+)
 from bacflow.bacformer.stage import BacformerSettings
 from bacflow.core.errors import InputError
 from bacflow.core.models import planned_model, resolve_model
 from bacflow.core.samples import Sample, assign_shards, read_samples
 from bacflow.core.schemas import check_config
+from bacflow.embeddings.encoders import encoder_family, hub_encoder_family
 from bacflow.embeddings.stage import EmbeddingSettings
-from bacflow.embeddings.tiny import ESM2_GEOMETRIES
+from bacflow.embeddings.tiny import ESM2_GEOMETRIES, ESMC_GEOMETRIES
 from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
 from bacflow.pretrain.data import SPLITS, assign_splits, required_splits, splits_drawn
+
+#: The widths of the tiny encoders' vectors (and so of the tiny Bacformers built on them).
+TINY_WIDTHS = {"esm2": ESM2_GEOMETRIES["tiny"]["hidden_size"], "esmc": ESMC_GEOMETRIES["tiny"]["hidden_size"]}
 
 
 @dataclass(frozen=True)
@@ -46,17 +64,13 @@ class RunPlan:
     families: Path
 
     # embeddings
-    embeddings: Path  #: the stage's folder (gathered shards, bucket folders, QC)
     embedding_store: Path  #: the store's root: the run's own, or a folder shared by runs
-    tiny_esm: Path
     embedding_settings: dict[str, Any]  #: the settings that can change a vector (the jobs' params)
 
     # bacformer
     bacformer_model_id: str  #: as configured; "pretrain" becomes "pretrain:<this config's run>"
     bacformer_pretrain_run: str | None
     bacformer_settings: BacformerSettings
-    bacformer_name: str  #: the results folder's name
-    tiny_bacformer: Path
 
     # pretraining
     pretrain_dir: Path
@@ -128,6 +142,36 @@ class RunPlan:
             for sample in self.shards[shard]
         ]
 
+    # Which models: the Bacformer's family decides the encoder of the vectors (embeddings.model: auto), and a model
+    # is never fed another encoder's vectors. Worked out on first use, once: only hub ids that are neither
+    # published checkpoints nor well-known encoders need their config.json (from the cache, or downloaded).
+
+    @functools.cached_property
+    def bacformer_family(self) -> ModelFamily:
+        """The family of the configured Bacformer: the tiny model's setting, this config's pretraining, a published
+        checkpoint's, or what the checkpoint's config.json says."""
+        tiny = self.bacformer["tiny_model"]
+        if tiny:
+            return LARGE if tiny == "large" else BASE
+        if self._bacformer_is_this_pretraining:
+            return self.pretrain_family
+        if (family := published_family(self.bacformer_model_id)) is not None:
+            return family
+        return family_of(self._bacformer_folder)
+
+    @property
+    def _bacformer_is_this_pretraining(self) -> bool:
+        return not self.bacformer["tiny_model"] and self.bacformer_pretrain_run == self.pretrain["run"]
+
+    @functools.cached_property
+    def encoder(self) -> str:
+        """The encoder of this run's protein vectors, "esm2" or "esmc": the one the Bacformer model needs (model auto,
+        or a tiny model), else the configured model's."""
+        model = self.esm["model"]
+        if model == "auto" or self.esm["tiny_model"]:
+            return self.bacformer_family.encoder
+        return hub_encoder_family(model) or encoder_family(model_folder(*self.esm_model))
+
     @functools.cached_property
     def esm_model(self) -> tuple[str, str | None]:
         """(model, revision) for the bucket jobs: the tiny model's folder, a folder, or a hub id resolved to a
@@ -135,11 +179,14 @@ class RunPlan:
         before any job runs. Worked out on first use: targets without embeddings never touch the hub."""
         if self.esm["tiny_model"]:
             return str(self.tiny_esm), None
-        return planned_model(self.esm["model"], self.esm["revision"])
+        model, revision = self.esm["model"], self.esm["revision"]
+        if model == "auto":
+            family = self.bacformer_family
+            model, revision = family.embedding_model, revision or family.embedding_revision
+        return planned_model(model, revision)
 
     @functools.cached_property
-    def bacformer_model(self) -> tuple[str, str | None]:
-        """(model, revision) for the Bacformer shard jobs: a folder, or a hub id resolved once, on first use."""
+    def _bacformer_source(self) -> tuple[str, str | None]:
         if self.bacformer["tiny_model"]:
             return str(self.tiny_bacformer), None
         if self.bacformer_pretrain_run is not None:
@@ -148,12 +195,99 @@ class RunPlan:
             self.bacformer_model_id, self.bacformer["revision"], setting="bacformer", files=FOLDER_FILES
         )
 
-    def tiny_bacformer_width(self) -> int:
-        """The tiny Bacformer's width is the ESM-2 vectors' size: its input layer maps them to its hidden size."""
+    @property
+    def _bacformer_folder(self) -> Path:
+        return model_folder(*self._bacformer_source, setting="bacformer", files=FOLDER_FILES)
+
+    @functools.cached_property
+    def bacformer_model(self) -> tuple[str, str | None]:
+        """(model, revision) for the Bacformer shard jobs: a folder, or a hub id resolved once, on first use; a model
+        that cannot take this run's vectors (another encoder's, or another width) fails here, naming both."""
+        family = self.bacformer_family
+        self._check_takes_vectors(family, f"bacformer.model {self.bacformer_model_id}")
+        if not (self.bacformer["tiny_model"] or self._bacformer_is_this_pretraining):
+            width, vectors = hidden_size(self._bacformer_folder), self.vector_width
+            if width != vectors:
+                raise InputError(
+                    f"bacformer.model {self.bacformer_model_id} takes {width}-wide protein vectors, but embeddings "
+                    f"model {self.esm_model[0]} gives {vectors}-wide ones: set embeddings.model: auto"
+                )
+        return self._bacformer_source
+
+    def _check_takes_vectors(self, family: ModelFamily, what: str) -> None:
+        if family.encoder != self.encoder:
+            given = "the tiny model" if self.esm["tiny_model"] else f"embeddings.model {self.esm['model']}"
+            if self.esm["model"] == "auto":
+                given += f" (what the Bacformer {self.bacformer_family.name} of bacformer.model needs)"
+            raise InputError(
+                f"{what} is a Bacformer {family.name}, which takes {family.encoder} vectors "
+                f"({family.embedding_model}), but this run's vectors are {self.encoder}, from {given}: "
+                f"set embeddings.model to auto or to a {family.encoder} model"
+            )
+
+    @property
+    def vector_width(self) -> int:
+        """The width of this run's protein vectors."""
         if self.esm["tiny_model"]:
-            return ESM2_GEOMETRIES["tiny"]["hidden_size"]
-        model, revision = self.esm_model
-        return hidden_size(resolve_model(model, revision).path)
+            return TINY_WIDTHS[self.encoder]
+        return hidden_size(model_folder(*self.esm_model))
+
+    @property
+    def tiny_esm(self) -> Path:
+        return self.outdir / "models" / f"{self.encoder}-tiny"
+
+    @property
+    def tiny_bacformer(self) -> Path:
+        return self.outdir / "models" / f"bacformer-{self.bacformer_family.name}-tiny"
+
+    @property
+    def embeddings(self) -> Path:
+        """The folder of this run's encoder (gathered shards, bucket folders, per-shard QC): one per encoder, so runs
+        of both Bacformer families share an outdir."""
+        return self.outdir / "embeddings" / self.encoder
+
+    @property
+    def embedding_qc(self) -> Path:
+        return self.outdir / "qc" / f"embeddings-{self.encoder}.parquet"
+
+    @functools.cached_property
+    def bacformer_name(self) -> str:
+        """The results folder's name under ``bacformer/``."""
+        tiny = self.bacformer_family.name if self.bacformer["tiny_model"] else None
+        return self.bacformer["name"] or output_name(self.bacformer_model_id, self.bacformer["revision"], tiny=tiny)
+
+    @functools.cached_property
+    def pretrain_family(self) -> ModelFamily:
+        """The family pretraining trains: pretrain.family, else init_from's, else the one that takes this run's
+        vectors (base where the run's vectors are themselves chosen for the model being pretrained)."""
+        setting, init_from = self.pretrain["family"], self.pretrain["init_from"]
+        if setting != "auto":
+            return family_named(setting)
+        if init_from:
+            return published_family(init_from) or family_of(
+                model_folder(*planned_model(init_from, setting="pretrain.init_from", files=FOLDER_FILES))
+            )
+        if self._bacformer_is_this_pretraining and (self.esm["model"] == "auto" or self.esm["tiny_model"]):
+            return BASE
+        return family_of_encoder(self.encoder)
+
+    @functools.cached_property
+    def pretrain_params(self) -> dict[str, Any]:
+        """The pretraining block as the training job's params: its family worked out, and a new model's geometry
+        the family's published one where the config leaves it out."""
+        family = self.pretrain_family
+        self._check_takes_vectors(family, f"pretrain.family {self.pretrain['family']} (here {family.name})")
+        return {
+            **self.pretrain,
+            "family": family.name,
+            "model": {**family.training_geometry, **self.pretrain["model"]},
+        }
+
+
+def model_folder(model: str, revision: str | None, **where: str) -> Path:
+    """The folder of a planned model (`planned_model`'s (model, revision)): the folder itself, or the hub
+    commit's snapshot in the cache. `where`: `resolve_model`'s setting and files, for its messages."""
+    return Path(model) if revision is None else Path(resolve_model(model, revision, **where).path)
 
 
 def make_plan(config: dict[str, Any]) -> RunPlan:
@@ -176,7 +310,6 @@ def make_plan(config: dict[str, Any]) -> RunPlan:
     # Splits come from the whole sheet (a group's split may be named on any of its rows), so they are worked
     # out here, before any job, and handed to each shard job as parameters.
     splits = assign_splits(samples, pretrain["val_fraction"], pretrain["test_fraction"], pretrain["split_seed"])
-    embeddings = outdir / "embeddings"
     return RunPlan(
         config=config,
         outdir=outdir,
@@ -186,16 +319,12 @@ def make_plan(config: dict[str, Any]) -> RunPlan:
         family_params=family_params,
         family_vocab=families["vocab"],
         families=outdir / "families" / "families.parquet",
-        embeddings=embeddings,
         # The store outlives runs when embedding_store names a shared folder; by default it is the run's own.
-        embedding_store=Path(config["embedding_store"] or embeddings),
-        tiny_esm=outdir / "models" / "esm2-tiny",
+        embedding_store=Path(config["embedding_store"] or outdir / "embeddings"),
         embedding_settings=EmbeddingSettings.from_config(config["embeddings"]).output_params(),
         bacformer_model_id=model_id,
         bacformer_pretrain_run=pretrain_run(model_id),
         bacformer_settings=BacformerSettings.from_config(bacformer),
-        bacformer_name=bacformer["name"] or output_name(model_id, bacformer["revision"], tiny=bacformer["tiny_model"]),
-        tiny_bacformer=outdir / "models" / "bacformer-tiny",
         pretrain_dir=outdir / "pretrain" / pretrain["run"],
         pretrain_splits=splits,
         required_splits=required_splits(samples, splits, pretrain["test_fraction"]),

@@ -13,7 +13,8 @@ rule bacformer_tiny_model:
         mem_mb=2000,
         runtime=10,
     params:
-        hidden_size=lambda wildcards: PLAN.tiny_bacformer_width(),
+        hidden_size=lambda wildcards: PLAN.vector_width,
+        family=lambda wildcards: PLAN.bacformer_family.name,
     script:
         "../scripts/bacformer_tiny_model.py"
 

@@ -1,5 +1,5 @@
-# Always defined, so that `snakemake esm_tiny_model` builds one on its own; only tiny_model: true makes the
-# stage use it.
+# Always defined, so that `snakemake esm_tiny_model` builds one (of the encoder the run's Bacformer takes) on
+# its own; only tiny_model: true makes the stage use it.
 rule esm_tiny_model:
     output:
         directory(PLAN.tiny_esm),
@@ -12,6 +12,8 @@ rule esm_tiny_model:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        encoder=PLAN.encoder,
     script:
         "../scripts/esm_tiny_model.py"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_shards_buckets_and_folders(tmp_path: Path):
     }
     assert plan.buckets == ["0000", "0001", "0002"]
     assert plan.bucket_files == [f"out/unique/bucket=000{b}.parquet" for b in range(3)]
-    assert plan.embedding_shards == [f"out/embeddings/shards/shard=0000{s}.parquet" for s in range(3)]
+    assert plan.embedding_shards == [f"out/embeddings/esm2/shards/shard=0000{s}.parquet" for s in range(3)]
     assert plan.embedding_store == Path("out/embeddings") and plan.families == Path("out/families/families.parquet")
     assert plan.shard_members("00002")[0]["genome_id"] == "g4"
     assert plan.shard_genome_files("00001") == [str(PYRODIGAL_DATA / GENOMES[2]), str(PYRODIGAL_DATA / GENOMES[0])]
@@ -49,19 +50,51 @@ def test_shards_buckets_and_folders(tmp_path: Path):
 def test_models_tiny_folder_and_pretrain(tmp_path: Path):
     tiny = make_plan(config(tmp_path, embeddings={"tiny_model": True}, bacformer={"tiny_model": True}))
     assert tiny.esm_model == ("out/models/esm2-tiny", None)
-    assert tiny.bacformer_model == ("out/models/bacformer-tiny", None)
+    assert tiny.bacformer_model == ("out/models/bacformer-base-tiny", None)
     assert tiny.bacformer_name == "tiny-random" and tiny.bacformer_dir == Path("out/bacformer/tiny-random")
-    assert tiny.tiny_bacformer_width() == 48  # the tiny ESM-2's vectors
+    assert tiny.vector_width == 48  # the tiny ESM-2's, which the tiny Bacformer is built to take
 
     pretrained = make_plan(config(tmp_path, bacformer={"model": "pretrain"}, pretrain={"run": "mine"}))
     assert pretrained.bacformer_model_id == "pretrain:mine" and pretrained.bacformer_pretrain_run == "mine"
     assert pretrained.bacformer_model == ("out/pretrain/mine/model", None)
 
 
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configs: dict[str, dict]) -> list[str]:
+    """Hub ids resolve to commit c0ffee, and their snapshots hold the config.json in `configs` (by model id);
+    returns the models resolved, in order."""
+    calls: list[str] = []
+
+    def planned(model: str, revision: str | None = None, **where: str) -> tuple[str, str | None]:
+        if Path(model).is_dir():
+            return model, None
+        calls.append(model)
+        return model, "c0ffee"
+
+    monkeypatch.setattr("bacflow.plan.planned_model", planned)
+
+    def snapshot(model: str, revision: str | None, **where: str) -> Path:
+        if revision is None:
+            return Path(model)
+        folder = tmp_path / "hub" / model
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(configs[model]))
+        return folder
+
+    monkeypatch.setattr("bacflow.plan.model_folder", snapshot)
+    return calls
+
+
+ESM2_35M = {"model_type": "esm", "hidden_size": 480}
+BASE_CHECKPOINT = {"model_type": "bacformer", "architectures": ["BacformerForMaskedGM"], "hidden_size": 480}
+LARGE_CHECKPOINT = {"model_type": "bacformer", "architectures": ["BacformerLargeForMaskedGM"], "hidden_size": 960}
+ESMC_300M = {"model_type": "ESMplusplus", "hidden_size": 960}
+
+
 def test_hub_models_are_resolved_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    calls = []
-    monkeypatch.setattr(
-        "bacflow.plan.planned_model", lambda model, revision, **kw: calls.append(model) or (model, "c0ffee")
+    calls = fake_hub(
+        tmp_path,
+        monkeypatch,
+        {"facebook/esm2_t12_35M_UR50D": ESM2_35M, "macwiatrak/bacformer-masked-complete-genomes": BASE_CHECKPOINT},
     )
     plan = make_plan(config(tmp_path))
     assert calls == []  # planning the proteins alone never touches the hub
@@ -92,3 +125,103 @@ def test_errors_are_one_line_naming_what_is_wrong(tmp_path: Path):
         make_plan(config(tmp_path, families={"vocab": str(tmp_path / "no-vocabulary")}))
     with pytest.raises(InputError, match="bacformer.mode"):
         make_plan(config(tmp_path, bacformer={"mode": "sideways"}))
+
+
+def test_the_bacformer_family_chooses_the_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    large_id = "macwiatrak/bacformer-large-masked-MAG"
+    calls = fake_hub(tmp_path, monkeypatch, {large_id: LARGE_CHECKPOINT, "Synthyra/ESMplusplus_small": ESMC_300M})
+    large = make_plan(config(tmp_path, bacformer={"model": large_id}))
+    # A published checkpoint's family is known without the hub; its encoder's folder holds this run's vectors.
+    assert large.bacformer_family.name == "large" and large.encoder == "esmc" and calls == []
+    assert large.embedding_shards[0] == "out/embeddings/esmc/shards/shard=00000.parquet"
+    assert large.embedding_qc == Path("out/qc/embeddings-esmc.parquet")
+    assert large.bacformer_dir == Path("out/bacformer/macwiatrak--bacformer-large-masked-MAG")
+    # ESM-C at the commit Bacformer Large was trained on (an explicit embeddings.revision would win).
+    assert large.esm_model == ("Synthyra/ESMplusplus_small", "c0ffee")
+    assert large.bacformer_model == (large_id, "c0ffee") and large.vector_width == 960
+    assert large.embedding_store == Path("out/embeddings")  # one store for both encoders, a key per recipe
+
+    tiny = make_plan(config(tmp_path, embeddings={"tiny_model": True}, bacformer={"tiny_model": "large"}))
+    assert (tiny.encoder, tiny.esm_model, tiny.vector_width) == ("esmc", ("out/models/esmc-tiny", None), 128)
+    assert (
+        tiny.bacformer_model == ("out/models/bacformer-large-tiny", None) and tiny.bacformer_name == "tiny-random-large"
+    )
+
+
+def test_a_bacformer_fed_another_encoders_vectors_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fake_hub(
+        tmp_path,
+        monkeypatch,
+        {
+            "facebook/esm2_t12_35M_UR50D": ESM2_35M,
+            "facebook/esm2_t33_650M_UR50D": {"model_type": "esm", "hidden_size": 1280},
+            "Synthyra/ESMplusplus_small": ESMC_300M,
+            "macwiatrak/bacformer-large-masked-MAG": LARGE_CHECKPOINT,
+            "macwiatrak/bacformer-masked-MAG": BASE_CHECKPOINT,
+            "macwiatrak/bacformer-masked-complete-genomes": BASE_CHECKPOINT,
+        },
+    )
+    esm2_into_large = make_plan(
+        config(
+            tmp_path,
+            embeddings={"model": "facebook/esm2_t12_35M_UR50D"},
+            bacformer={"model": "macwiatrak/bacformer-large-masked-MAG"},
+        )
+    )
+    assert esm2_into_large.encoder == "esm2"  # the embeddings stage alone may run
+    with pytest.raises(InputError, match=r"bacformer-large-masked-MAG is a Bacformer large, which takes esmc .*esm2"):
+        _ = esm2_into_large.bacformer_model
+    esmc_into_base = make_plan(
+        config(
+            tmp_path,
+            embeddings={"model": "Synthyra/ESMplusplus_small"},
+            bacformer={"model": "macwiatrak/bacformer-masked-MAG"},
+        )
+    )
+    with pytest.raises(InputError, match=r"Bacformer base, which takes esm2 .* vectors are esmc"):
+        _ = esmc_into_base.bacformer_model
+    wider = make_plan(config(tmp_path, embeddings={"model": "facebook/esm2_t33_650M_UR50D"}))
+    with pytest.raises(InputError, match="takes 480-wide protein vectors, but .*esm2_t33_650M_UR50D gives 1280-wide"):
+        _ = wider.bacformer_model
+    # A checkpoint whose config.json names no known family is no Bacformer.
+    folder = tmp_path / "not-bacformer"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(ESM2_35M))
+    with pytest.raises(InputError, match="model_type 'esm', not 'bacformer'"):
+        _ = make_plan(config(tmp_path, bacformer={"model": str(folder)})).encoder
+
+
+def test_pretraining_either_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fake_hub(tmp_path, monkeypatch, {})
+    # By default pretraining trains the family that takes this run's vectors, at its published geometry.
+    base = make_plan(config(tmp_path)).pretrain_params
+    assert base["family"] == "base" and base["model"]["num_hidden_layers"] == 12
+    # Pretraining Large, and embedding with what it needs, when the Bacformer stage runs the pretrained model.
+    large = make_plan(
+        config(
+            tmp_path, bacformer={"model": "pretrain"}, pretrain={"family": "large", "model": {"num_hidden_layers": 2}}
+        )
+    )
+    assert large.encoder == "esmc" and large.bacformer_family.name == "large"
+    assert large.pretrain_params["model"] == {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 15,
+        "hidden_dropout_prob": 0.1,
+        "final_layer_dropout_prob": 0.1,
+    }
+    # A Large to pretrain while the run's vectors are ESM-2 (for the base model in bacformer.model) is refused.
+    with pytest.raises(InputError, match="pretrain.family large .* takes esmc vectors .* vectors are esm2"):
+        _ = make_plan(config(tmp_path, pretrain={"family": "large"})).pretrain_params
+    # Continued pretraining follows init_from's family.
+    folder = tmp_path / "large-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LARGE_CHECKPOINT))
+    continued = make_plan(
+        config(
+            tmp_path,
+            embeddings={"tiny_model": True},
+            bacformer={"model": "pretrain"},
+            pretrain={"init_from": str(folder)},
+        )
+    )
+    assert continued.pretrain_family.name == "large" and continued.encoder == "esmc"

@@ -69,10 +69,10 @@ def pretrain_model_folder(outdir: str | Path, run: str) -> Path:
     return Path(outdir) / "pretrain" / run / "model"
 
 
-def output_name(model: str, revision: str | None = None, *, tiny: bool = False) -> str:
+def output_name(model: str, revision: str | None = None, *, tiny: str | None = None) -> str:
     """The folder name of a model's results under ``bacformer/``: safe characters only, stable for a model.
 
-    - the tiny random model: ``tiny-random``;
+    - the tiny random model of family `tiny`: ``tiny-random`` (base), ``tiny-random-large``;
     - ``pretrain:<run>``: ``pretrain-<run>``;
     - a hub id ``org/name``: ``org--name`` (the Hugging Face cache's convention), plus ``--<revision>``
       when a revision is set;
@@ -80,7 +80,7 @@ def output_name(model: str, revision: str | None = None, *, tiny: bool = False) 
       folders that share a name (``.../a/model``, ``.../b/model``) do not share results.
     """
     if tiny:
-        return TINY_NAME
+        return TINY_NAME if tiny == "base" else f"{TINY_NAME}-{tiny}"
     if (run := pretrain_run(model)) is not None:
         return f"pretrain-{run}"
     folder = Path(model).expanduser()

@@ -29,6 +29,10 @@ class ModelFamily:
     embedding_revision: str | None  #: its pinned hub commit (None: the hub's current one)
     vector_width: int  #: the size of those vectors, which is the published checkpoints' hidden size
     special_tokens: bool  #: inputs carry CLS, separators and END besides the proteins
+    checkpoints: tuple[str, ...]  #: the published masked checkpoints (hub ids), known without reading them
+    #: Config values of a new model in pretraining, unless the config sets them: the geometry each family was
+    #: published with (base: the reference's training command line, 0.2.0; its width is the vectors').
+    training_geometry: Mapping[str, Any]
 
 
 BASE = ModelFamily(
@@ -39,6 +43,14 @@ BASE = ModelFamily(
     embedding_revision=None,
     vector_width=480,
     special_tokens=True,
+    checkpoints=("macwiatrak/bacformer-masked-complete-genomes", "macwiatrak/bacformer-masked-MAG"),
+    training_geometry={
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "intermediate_size": 1280,
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+    },
 )
 LARGE = ModelFamily(
     name="large",
@@ -49,6 +61,13 @@ LARGE = ModelFamily(
     embedding_revision="1e40c1b8ef46c33f93a9b817eb0bd81279ab4088",
     vector_width=960,
     special_tokens=False,
+    checkpoints=("macwiatrak/bacformer-large-masked-complete-genomes", "macwiatrak/bacformer-large-masked-MAG"),
+    training_geometry={
+        "num_hidden_layers": 30,
+        "num_attention_heads": 15,
+        "hidden_dropout_prob": 0.1,
+        "final_layer_dropout_prob": 0.1,
+    },
 )
 FAMILIES = {family.name: family for family in (BASE, LARGE)}
 
@@ -86,6 +105,17 @@ def family_of(folder: str | Path) -> ModelFamily:
             f"{path}: model_type {model_type!r}, not 'bacformer': set bacformer.model to a Bacformer checkpoint"
         )
     return family_of_config(config)
+
+
+def published_family(model: str) -> ModelFamily | None:
+    """The family of a published checkpoint's hub id, else None (the checkpoint's config.json must say)."""
+    return next((family for family in FAMILIES.values() if model in family.checkpoints), None)
+
+
+def family_of_encoder(encoder: str) -> ModelFamily:
+    """The family whose input vectors come from `encoder` ("esm2" or "esmc")."""
+    (family,) = [family for family in FAMILIES.values() if family.encoder == encoder]
+    return family
 
 
 def family_of_config_class(name: str) -> ModelFamily:

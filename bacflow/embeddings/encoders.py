@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 
 #: config.json ``model_type`` -> encoder family (`bacflow.embeddings.recipe.FAMILIES`).
 MODEL_TYPES = {"esm": "esm2", "ESMplusplus": "esmc"}
+#: Hub organisations' model-name prefixes whose encoder family is known without reading config.json.
+HUB_PREFIXES = {"facebook/esm2_": "esm2", "Synthyra/ESMplusplus_": "esmc"}
+
+
+def hub_encoder_family(model: str) -> str | None:
+    """The encoder family of a well-known hub id (ESM-2 from facebook, ESM++ from Synthyra), else None."""
+    return next((family for prefix, family in HUB_PREFIXES.items() if model.startswith(prefix)), None)
 
 
 def model_type(path: str | Path) -> str:

@@ -47,7 +47,14 @@ from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCall
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import collate_inputs
-from bacflow.bacformer.model_families import ModelFamily, family_named, family_of_config, family_of_config_class
+from bacflow.bacformer.model_families import (
+    BASE,
+    LARGE,
+    ModelFamily,
+    family_named,
+    family_of_config,
+    family_of_config_class,
+)
 from bacflow.bacformer.modeling_bacformer import (
     SPECIAL_TOKENS,
     BacformerConfig,
@@ -88,23 +95,6 @@ GenomeModel = BacformerForMaskedGM | BacformerForCausalGM | BacformerLargeForMas
 _PACKAGES = ("bacflow", "torch", "transformers", "accelerate", "pyarrow", "numpy")
 
 
-#: The geometry the reference's training command line (0.2.0) gives a new model.
-REFERENCE_TRAINING_GEOMETRY = {
-    "num_hidden_layers": 12,
-    "num_attention_heads": 8,
-    "intermediate_size": 1280,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-}
-#: The published Bacformer Large's geometry (its width is the ESM-C vectors'), for ``model`` with family large.
-LARGE_TRAINING_GEOMETRY = {
-    "num_hidden_layers": 30,
-    "num_attention_heads": 15,
-    "hidden_dropout_prob": 0.1,
-    "final_layer_dropout_prob": 0.1,
-}
-
-
 @dataclass(frozen=True)
 class PretrainParams:
     """Training settings (config ``pretrain:``); defaults are the reference trainer's (0.2.0 command line)."""
@@ -113,7 +103,7 @@ class PretrainParams:
     family: str = "base"  # base | large (bacflow.bacformer.model_families); init_from must be of this family
     # Config values of a new model (BacformerConfig's, or BacformerLargeConfig's for family large): the reference
     # trainer's (its config class defaults to 6 layers).
-    model: Mapping[str, Any] = field(default_factory=lambda: dict(REFERENCE_TRAINING_GEOMETRY))
+    model: Mapping[str, Any] = field(default_factory=lambda: dict(BASE.training_geometry))
     init_from: str | None = None  # a model folder or hub id to continue from (its architecture wins)
     mgm_probability: float = 0.15
     max_n_proteins: int = MAX_N_PROTEINS
@@ -258,7 +248,7 @@ def make_model(params: PretrainParams, embedding_dim: int, vocab_size: int) -> G
     if unknown:
         raise InputError(
             f"pretrain.model: {', '.join(unknown)} not settings of a Bacformer {family.name} ({config_class.__name__})"
-            + (f"; the published Large geometry is {LARGE_TRAINING_GEOMETRY}" if family.name == "large" else "")
+            + (f"; the published Large geometry is {dict(LARGE.training_geometry)}" if family.name == "large" else "")
         )
     settings = {
         **dict(params.model),

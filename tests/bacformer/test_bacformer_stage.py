@@ -134,7 +134,8 @@ def test_output_names(tmp_path: Path):
     assert output_name("macwiatrak/bacformer-masked-MAG") == "macwiatrak--bacformer-masked-MAG"
     assert output_name("macwiatrak/bacformer-masked-MAG", "v1/x") == "macwiatrak--bacformer-masked-MAG--v1_x"
     assert output_name("pretrain:run-1") == "pretrain-run-1"
-    assert output_name("anything", tiny=True) == "tiny-random"
+    assert output_name("anything", tiny="base") == "tiny-random"
+    assert output_name("anything", tiny="large") == "tiny-random-large"
     first, second = tmp_path / "a" / "my model", tmp_path / "b" / "my model"
     first.mkdir(parents=True)
     second.mkdir(parents=True)

@@ -58,6 +58,11 @@ def test_the_schema_states_the_defaults_of_config_yaml():
     assert disagree == {}, "schema default vs config.yaml"
 
 
+#: Keys whose config default ("auto", or left out) the run plan turns into a value of the dataclass (see
+#: bacflow/plan.py: the family to pretrain, and its published geometry).
+PLANNED = {"pretrain": {"family", "model"}}
+
+
 @pytest.mark.parametrize(
     "block, settings",
     [
@@ -70,7 +75,7 @@ def test_the_schema_states_the_defaults_of_config_yaml():
 )
 def test_the_stages_dataclasses_default_to_config_yaml(block: str, settings: type):
     fields = {field.name: field for field in dataclasses.fields(settings)}
-    shared = sorted(set(fields) & set(CONFIG[block]))
+    shared = sorted(set(fields) & set(CONFIG[block]) - PLANNED.get(block, set()))
     assert len(shared) >= 4, shared  # the dataclass really reads this block
     disagree = {}
     for name in shared:

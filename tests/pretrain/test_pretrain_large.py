@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM
 
 from bacflow.bacformer.model import load_bacformer
+from bacflow.bacformer.model_families import LARGE
 from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForMaskedGM
 from bacflow.bacformer.modeling_bacformer_large import (
     BacformerLargeConfig,
@@ -24,7 +25,7 @@ from bacflow.bacformer.modeling_bacformer_large import (
 from bacflow.bacformer.stage import BacformerSettings, embed_genomes, plan_genome
 from bacflow.core.errors import InputError
 from bacflow.pretrain.masking import ExampleParams, pretraining_example
-from bacflow.pretrain.trainer import LARGE_TRAINING_GEOMETRY, make_model, train
+from bacflow.pretrain.trainer import make_model, train
 
 DIM, VOCAB = synthetic.DIM, synthetic.VOCAB
 #: test_pretrain's tiny run, with a tiny Bacformer Large (2 layers, 2 heads of 8).
@@ -63,7 +64,7 @@ def test_causal_large_and_base_settings_for_large_are_refused(tmp_path: Path):
         replace(TINY_LARGE, family="huge")
     with pytest.raises(InputError, match="intermediate_size not settings of a Bacformer large.*num_hidden_layers"):
         make_model(replace(TINY_LARGE, model=synthetic.TINY.model), DIM, VOCAB)
-    new = make_model(replace(TINY_LARGE, model=LARGE_TRAINING_GEOMETRY), 960, 50000)
+    new = make_model(replace(TINY_LARGE, model=LARGE.training_geometry), 960, 50000)
     assert new.config.num_hidden_layers == 30 and new.config.protein_clusters_vocab_size == 50001  # as published
 
 
