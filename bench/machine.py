@@ -54,9 +54,10 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def bf16_support() -> dict[str, Any]:
-    """Native bfloat16 on the CPU: ``native`` is the best of AMX, AVX512-BF16, Arm BF16, or "none"."""
-    flags = cpu_flags()
+def bf16_support(flags: set[str] | None = None) -> dict[str, Any]:
+    """Native bfloat16 on the CPU with these flags (default this one's): ``native`` is the best of AMX, AVX512-BF16,
+    Arm BF16, or "none"; with PyTorch, its CPU kernel level and its own checks."""
+    flags = cpu_flags() if flags is None else flags
     found = [name for flag, name in BF16_FLAGS.items() if flag in flags]
     support: dict[str, Any] = {"native": found[0] if found else "none", "flags": sorted(set(BF16_FLAGS) & flags)}
     try:
