@@ -51,7 +51,7 @@ proteins are called once with pyrodigal where bacflow's environment is (``--prep
 ``bench/work/gpu_check/`` (git-ignored), which goes with the checkout to the GPU machine::
 
     bash bench/gpu_check.sh --prepare     # here: the proteins, into bench/work/gpu_check/
-    bash bench/gpu_check.sh               # on the GPU machine, from the checkout's root (about 3 minutes)
+    bash bench/gpu_check.sh               # on the GPU machine, from the checkout's root (a few minutes)
     bash bench/gpu_check.sh --dry         # anywhere, on the CPU: every section with tiny sizes
 
 Results go to ``bench/results/gpu_check_cuda.md`` and ``.json`` (``--output`` names another folder; ``--dry``
