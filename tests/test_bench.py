@@ -100,11 +100,12 @@ def test_the_dry_run_runs_every_section(dry_run):
     assert list(document["sections"]) == SECTIONS
     # Every check with a tolerance holds it (the thresholds are the module's: see its docstring).
     verdicts = {name: section["result"].get("passed") for name, section in document["sections"].items()}
+    # None where EsmEncoder cannot pack tokens; else packed vectors within the cosine tolerance of padded ones.
+    assert verdicts.pop("padded_vs_packed") in (None, True)
     assert verdicts == {
         "esm_parity": True,
         "bacformer_parity": True,
         "esm_throughput": None,
-        "padded_vs_packed": None,
         "bacformer_shard": None,
         "pretrain_step": True,
         "oom": True,
@@ -124,8 +125,10 @@ def test_the_dry_run_measures_real_proteins_and_both_sides(dry_run):
     assert set(throughput) == {"reference", "bacflow"}
     assert all(row["tokens_per_s"] > 0 and 0 < row["share_of_own_dtype_rate"] < 1.5 for row in throughput.values())
     padded = sections["padded_vs_packed"]
-    assert padded["rows"]["padded"]["tokens_run"] >= padded["tokens"]
-    assert "packed" in padded["rows"] or padded["packed_option"].startswith("not available")
+    assert padded["rows"]["padded"]["tokens_computed"] > padded["tokens"]  # length-sorted batches still pad
+    assert ("packed" in padded["rows"]) != padded["packed_option"].startswith("not available")
+    if "packed" in padded["rows"]:
+        assert padded["rows"]["packed"]["tokens_computed"] == padded["tokens"]
     shard = sections["bacformer_shard"]
     assert shard["job_counts"]["genomes"] == shard["genomes"] == 3
     oom = sections["oom"]
