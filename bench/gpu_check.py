@@ -185,9 +185,6 @@ def genome_proteins(genome: str, work: Path) -> pa.Table:
     if not cache.exists():
         from importlib.resources import files
 
-        from bacflow.core.samples import Sample
-        from bacflow.proteins.annotate import AnnotationParams, annotate_genome
-
         try:
             path = files("pyrodigal").joinpath("tests", "data", genome)
         except ModuleNotFoundError:
@@ -195,6 +192,9 @@ def genome_proteins(genome: str, work: Path) -> pa.Table:
                 f"{cache} is missing and pyrodigal is not installed here to make it: run "
                 "`bash bench/gpu_check.sh --prepare` where bacflow's environment is, and bring bench/work/gpu_check/"
             ) from None
+        from bacflow.core.samples import Sample
+        from bacflow.proteins.annotate import AnnotationParams, annotate_genome
+
         genome = annotate_genome(Sample("genome", str(path), None, 11, "complete", "genome", None), AnnotationParams())
         work.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({key: genome.columns[key] for key in ("contig_index", "sequence")}), cache)
@@ -885,6 +885,7 @@ def main() -> None:
         "sections": {},
     }
     print(machine_markdown(machine), flush=True)
+    print(f"{check.proteins.num_rows} real proteins of {sizes.genome}", flush=True)  # or stop here, saying why
     output.mkdir(parents=True, exist_ok=True)
     for name in args.sections:
         if time.perf_counter() - started > args.budget_s:

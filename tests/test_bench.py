@@ -68,6 +68,24 @@ def test_machine_info_measures_both_rates_and_renders_them():
     assert "- GPU: none" in text
 
 
+def test_a_gpu_is_rendered_with_its_measured_rates():
+    info = machine.machine_info(seconds=0.01, gpu=False)
+    info["gpu"] = {
+        "name": "NVIDIA H100 80GB HBM3",
+        "count": 1,
+        "compute_capability": "9.0",
+        "memory_gib": 79.2,
+        "cuda": "13.0",
+        "matmul": "8192 x 8192 x 8192",
+        "matmul_tflop_per_s": {"bfloat16": 781.4, "float32": 51.2},
+        "tf32_matmul": False,
+    }
+    assert (
+        "- GPU: NVIDIA H100 80GB HBM3, compute capability 9.0, 79 GiB, CUDA 13.0; measured 8192 x 8192 x 8192 "
+        "products: bfloat16 781 TFLOP/s, float32 51 TFLOP/s (TF32 off)"
+    ) in machine.machine_markdown(info)
+
+
 def test_every_benchmark_reports_the_machine():
     """Item 5 of issue 15: results of different kinds of machine are never shown without the machine."""
     helpers = {"machine.py", "bacformer_reference.py"}  # the report itself; a subprocess of bacformer.py
