@@ -41,6 +41,9 @@ _API = {
     "BacformerModel": "bacflow.bacformer.modeling_bacformer",
     "BacformerForMaskedGM": "bacflow.bacformer.modeling_bacformer",
     "BacformerForCausalGM": "bacflow.bacformer.modeling_bacformer",
+    "BacformerLargeConfig": "bacflow.bacformer.modeling_bacformer_large",
+    "BacformerLargeModel": "bacflow.bacformer.modeling_bacformer_large",
+    "BacformerLargeForMaskedGM": "bacflow.bacformer.modeling_bacformer_large",
 }
 __all__ = ["__version__", *_API]
 

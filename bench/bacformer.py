@@ -50,7 +50,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -66,6 +65,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_model, machine_info, machine_markdown  # noqa: E402
 
 from bacflow.bacformer.model import load_bacformer  # noqa: E402
 from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
@@ -216,8 +216,7 @@ def inference(args: argparse.Namespace) -> dict:
                     ]
                     row[f"vs_reference_{kind}_range"] = [min(ratios), max(ratios)]
     return {
-        "device": f"{device} "
-        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'})",
+        "device": f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()})",
         "dtype": dtype,
         "threads": args.threads,
         "genomes": len(plans),
@@ -368,9 +367,9 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
         "",
         f"Command: `python bench/bacformer.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; load average {result['load_before']} before and "
-        f"{result['load_after']} after; torch {torch.__version__}.",
+        f"Load average {result['load_before']} before and {result['load_after']} after. Machine:",
         "",
+        machine_markdown(result["machine"]),
     ]
     if "inference" in result:
         run = result["inference"]
@@ -464,6 +463,8 @@ def main() -> None:
         result["inference"] = inference(args)
     if not args.skip_pipeline:
         result["pipeline"] = pipeline(args)
+    torch.set_num_threads(args.threads)  # the rates of the threads the inference ran with
+    result["machine"] = machine_info()
     result["load_after"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     write_report(args, result)
     print((RESULTS / "bacformer.md").read_text())

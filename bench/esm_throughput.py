@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from Bio import SeqIO
+from machine import machine_info, machine_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -81,6 +81,8 @@ MAX_LENGTH = 1024
 
 
 def load_proteins(count: int) -> list[str]:
+    from Bio import SeqIO  # here, not at the top: bench/gpu_check.py imports this file where Biopython is not
+
     with gzip.open(PROTEINS, "rt") as handle:
         distinct = dict.fromkeys(normalise_protein(str(record.seq)) for record in SeqIO.parse(handle, "fasta"))
     return list(distinct)[:count]
@@ -224,6 +226,7 @@ def main() -> None:
         "dtype": str(dtype).removeprefix("torch."),
         "matmul_gflop_per_s": matmul_rate(device, dtype) / 1e9,
         "dedup": None if args.no_dedup else dedup_factor(),
+        "host": machine_info(),
     }
     proteins = load_proteins(args.proteins)
     reference = Reference(model_path, device)
@@ -307,6 +310,7 @@ def report(result: dict) -> str:
         f"on {result['machine']['cpus']} CPUs, {result['machine']['torch_threads']} torch thread(s). Chunks measured: "
         f"{result['chunks_measured']}.",
         "",
+        machine_markdown(result["host"]),
         "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of matmul rate | speed-up "
         "| speed-up (CPU s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from machine import machine_info, machine_markdown  # noqa: E402
 
 from bacflow.families import mmseqs  # noqa: E402
 from bacflow.families.stage import FamilyParams, build_families, iter_sorted  # noqa: E402
@@ -317,15 +317,17 @@ def growth(results: dict, side: str, key: str) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
 
 
-def report(results: dict, args: argparse.Namespace, genomes: int, command: str, load: tuple[float, ...]) -> str:
+def report(
+    results: dict, args: argparse.Namespace, genomes: int, command: str, load: tuple[float, ...], machine: dict
+) -> str:
     modules = sorted({module for result in results.values() for module in result["bacflow_split_s"]})
     lines = [
         "# Families stage vs plain `mmseqs easy-linclust`",
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; load average (1, 5, 15 min) "
-        f"{', '.join(f'{value:.1f}' for value in load)} before and "
+        machine_markdown(machine),
+        f"Load average (1, 5, 15 min) {', '.join(f'{value:.1f}' for value in load)} before and "
         f"{', '.join(f'{value:.1f}' for value in os.getloadavg())} after. MMseqs2 {mmseqs.version()}, "
         f"{args.threads} threads on both sides, {args.repeats} repeats each after one warm-up, parameters "
         f"`{' '.join(PLAIN_ARGS)}` (bacflow's defaults). The cohort is {genomes} genomes. Peak memory is the "
@@ -398,10 +400,12 @@ def main() -> None:
     for name, buckets in sets.items():
         print(f"{name}:", flush=True)
         results[name] = bench_set(name, buckets, args.threads, args.repeats)
-    text = report(results, args, genomes, command, load)
+    machine = machine_info()
+    text = report(results, args, genomes, command, load, machine)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1) + "\n")
+    document = {"command": command, "machine": machine, "results": results}
+    args.output.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
     print(text)
 
 

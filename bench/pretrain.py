@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -55,6 +54,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info, machine_markdown  # noqa: E402
 
 from bacflow.bacformer.inputs import collate_inputs  # noqa: E402
 from bacflow.bacformer.modeling_bacformer import IGNORE_INDEX, BacformerConfig, BacformerForMaskedGM  # noqa: E402
@@ -161,17 +161,17 @@ def report(args: argparse.Namespace, command: str, machine: dict, results: list[
         "geometry, 6,000 proteins, bf16, with and without gradient checkpointing, tokens/s and FLOP utilisation) is "
         "still to be run, with the GPU commands in `bench/pretrain.py`'s docstring."
         if args.device == "cpu"
-        else f"Device: {machine['device_name']}."
+        else f"Device: {machine['gpu']['name']}."
     )
     checkpointing = "with" if args.gradient_checkpointing else "without"
     return f"""# Bacformer pretraining: training throughput ({args.device})
 
 Command: `{command}`
 
-Machine: {machine["platform"]}, {machine["cpus"]} CPUs, {args.threads} torch threads, device {args.device}, torch
-{machine["torch"]}; load average (1, 5, 15 min) {load[0]} before and {load[1]} after. Peak resident memory of the
-whole run: {machine["peak_rss_mib"]:,.0f} MiB.
+{args.threads} torch threads, device {args.device}; load average (1, 5, 15 min) {load[0]} before and {load[1]} after.
+Peak resident memory of the whole run: {machine["peak_rss_mib"]:,.0f} MiB. Machine:
 
+{machine_markdown(machine)}
 One optimizer step of the masked objective on one genome (10 contigs), {"bf16 autocast" if args.bf16 else "float32"},
 {checkpointing} gradient checkpointing, dropout on: forward, backward, clipping at 2.0,
 AdamW. Vocabulary 50,000 families in both geometries. {args.steps} timed steps after {args.warmup} untimed; wall time
@@ -218,12 +218,9 @@ def main() -> None:
         if value != parser.get_default(name)
     )
     machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **machine_info(gpu=device.type == "cuda"),
         "threads": args.threads,
         "device": args.device,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "torch": torch.__version__,
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -232,6 +229,7 @@ def main() -> None:
     document = {"command": command, "machine": machine, "results": results}
     (RESULTS / f"{args.out}.json").write_text(json.dumps(document, indent=1) + "\n")
     (RESULTS / f"{args.out}.md").write_text(report(args, command, machine, results))
+    print((RESULTS / f"{args.out}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyrodigal
+from machine import machine_info, machine_markdown  # bench/, this script's folder: the checkout stays off the path
 
 REPO = Path(__file__).resolve().parents[1]
 #: What the workflow needs to run; copied at start so that edits made to the checkout while the
@@ -328,14 +329,6 @@ def profile_library(samples: list[Sample], params: AnnotationParams, top: int) -
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     versions = {"python": platform.python_version()}
     for package in ("bacflow", "pyrodigal", "pyarrow", "biopython", "snakemake"):
@@ -354,9 +347,8 @@ def machine() -> dict:
     except (OSError, subprocess.CalledProcessError):
         pass
     return {
+        **machine_info(),
         "nproc": nproc,
-        "cpu_model": cpu,
-        "platform": platform.platform(),
         "load_average_at_start": os.getloadavg(),
         "versions": versions,
         "git": git,
@@ -422,8 +414,9 @@ def markdown(report: dict) -> str:
         "",
         f"- command: `{report['command']}`",
         f"- date: {report['date']}",
-        f"- machine: nproc {m['nproc']}, CPU `{m['cpu_model']}`, {m['platform']}, "
-        f"load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
+        f"- machine: nproc {m['nproc']}, load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}",
+        machine_markdown(m).rstrip("\n"),
         f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
         f"- code measured: {report['code']}",
         f"- bacflow commit: {m['git'].get('commit', '?')}"

@@ -6,7 +6,7 @@
   300M vectors computed as ESM++ small (960 wide), one token per protein and nothing else.
 
 Both write ``model_type`` "bacformer" into config.json (the reference's choice), so `family_of` tells them apart
-by the architecture named there or, failing that, by the keys only one family's config has.
+by the keys only one family's config has or, failing that, by the architecture named there.
 """
 
 from __future__ import annotations
@@ -79,17 +79,16 @@ _BASE_ONLY_KEYS = ("intermediate_size",)
 def family_of_config(config: Mapping[str, Any]) -> ModelFamily:
     """The family of a Bacformer config.json's contents.
 
-    ``architectures`` decides where it names a class (``BacformerLarge...`` or ``Bacformer...``); a config
-    without one (e.g. written by a bare config class) is Large when it has Large-only keys and no base-only ones.
+    Each family's config class writes keys the other's lacks (Large: ``final_layer_dropout_prob``; base:
+    ``intermediate_size``), whatever names its architecture; where the keys do not decide, the architecture
+    named in ``architectures`` does (``BacformerLarge...`` is Large), else it is base.
     """
-    architectures = [name for name in config.get("architectures") or [] if isinstance(name, str)]
-    if any(name.startswith("BacformerLarge") for name in architectures):
-        return LARGE
-    if any(name.startswith("Bacformer") for name in architectures):
-        return BASE
     has_large = any(key in config for key in _LARGE_ONLY_KEYS)
     has_base = any(key in config for key in _BASE_ONLY_KEYS)
-    return LARGE if has_large and not has_base else BASE
+    if has_large != has_base:
+        return LARGE if has_large else BASE
+    architectures = [name for name in config.get("architectures") or [] if isinstance(name, str)]
+    return LARGE if any(name.startswith("BacformerLarge") for name in architectures) else BASE
 
 
 def family_of(folder: str | Path) -> ModelFamily:

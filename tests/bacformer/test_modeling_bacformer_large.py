@@ -20,7 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from bacflow.bacformer.inputs import collate_inputs, protein_embeddings_to_inputs
-from bacflow.bacformer.model_families import BASE, LARGE, family_of
+from bacflow.bacformer.model_families import BASE, LARGE, family_of, family_of_config
 from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerForMaskedGM, BacformerModel
 from bacflow.bacformer.modeling_bacformer_large import (
     BacformerLargeConfig,
@@ -166,14 +166,15 @@ def test_base_folders_still_load_as_base_beside_large(tmp_path: Path) -> None:
     # A base class asked to load a Large folder says so.
     with pytest.raises(TypeError, match="BacformerLargeConfig"):
         BacformerModel.from_pretrained(tmp_path / "large")
-    # Without `architectures` (a bare config.json), the keys only Large has decide.
+    # The keys only Large's config has decide, whatever `architectures` says or when it is absent.
     config = json.loads((tmp_path / "large" / "config.json").read_text())
-    del config["architectures"]
-    (tmp_path / "large" / "config.json").write_text(json.dumps(config))
-    assert (
-        family_of(tmp_path / "large") is LARGE
-        and type(AutoConfig.from_pretrained(tmp_path / "large")) is BacformerLargeConfig
-    )
+    for architectures in (["BacformerForMaskedGM"], None):
+        (tmp_path / "large" / "config.json").write_text(json.dumps({**config, "architectures": architectures}))
+        assert family_of(tmp_path / "large") is LARGE
+        assert type(AutoConfig.from_pretrained(tmp_path / "large")) is BacformerLargeConfig
+    # Where the keys do not decide, the architecture does.
+    assert family_of_config({"architectures": ["BacformerLargeModel"]}) is LARGE
+    assert family_of_config({"architectures": ["BacformerModel"]}) is family_of_config({}) is BASE
 
 
 # ---------------------------------------------------------------------------------------------- behaviour
