@@ -83,5 +83,5 @@ rule bacformer:
         PLAN.bacformer_dir / "genomes.parquet",
         # The QC jobs also clear the protein and vector folders of other plans' shards.
         PLAN.outdir / "qc" / "genomes.parquet",
-        PLAN.outdir / "qc" / "embeddings.parquet",
+        PLAN.embedding_qc,
     localrule: True

@@ -85,7 +85,7 @@ rule embed_qc:
         # Not read: listed so that vector shards of another plan are removed (see embedding_qc).
         vectors=PLAN.embedding_shards,
     output:
-        PLAN.outdir / "qc" / "embeddings.parquet",
+        PLAN.embedding_qc,
     log:
         PLAN.outdir / "logs" / "embed_qc.log",
     benchmark:
@@ -103,7 +103,7 @@ rule embed_qc:
 rule embeddings:
     input:
         PLAN.embedding_shards,
-        PLAN.outdir / "qc" / "embeddings.parquet",
+        PLAN.embedding_qc,
         # The QC jobs also clear the protein and vector folders of other plans' shards.
         PLAN.outdir / "qc" / "genomes.parquet",
     localrule: True
