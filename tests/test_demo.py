@@ -133,11 +133,11 @@ def test_the_report_names_the_models_that_ran(two_runs: tuple[Path, Path]):
     report = workdir / "report.html"
     snakemake(workdir, "--report", str(report), *demo_args(workdir))
     front_page = json.loads(re.search(r"var workflow_desc = (\".*\");", report.read_text())[1])
-    shard = workdir / "results" / "embeddings" / "shards" / "shard=00000.parquet"
+    shard = workdir / "results" / "embeddings" / "esm2" / "shards" / "shard=00000.parquet"
     recipe = json.loads(read_metadata(shard)["bacflow.embedding_recipe"])
     assert "facebook/esm2_t12_35M_UR50D" not in front_page and "macwiatrak/" not in front_page
     assert "local:esm2-tiny" in front_page and recipe["revision"] in front_page
-    assert "local:bacformer-tiny" in front_page and "randomly initialised" in front_page
+    assert "local:bacformer-base-tiny" in front_page and "randomly initialised" in front_page
 
 
 @pytest.mark.slow

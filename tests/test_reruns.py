@@ -74,7 +74,7 @@ def first_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_removed(first_run: Path):
     workdir, results = first_run, first_run / "results"
-    before = digests(results / "embeddings" / "shards")
+    before = digests(results / "embeddings" / "esm2" / "shards")
     assert len(before) == 3
 
     # A setting that changes no vector re-runs nothing.
@@ -90,11 +90,11 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
     jobs = planned_jobs(workdir, *run_args(workdir, four, "results"), "--", "bacformer")
     assert jobs["embed_gather"] == 1 and jobs["bacformer_shard"] == 1 and jobs["proteins_shard"] == 1, jobs
     snakemake(workdir, *run_args(workdir, four, "results"), "--", "bacformer")
-    after = digests(results / "embeddings" / "shards")
+    after = digests(results / "embeddings" / "esm2" / "shards")
     assert {name: after[name] for name in before} == before and len(after) == 4
     # Bucket folders keep no rows once the shards have read theirs.
-    assert not list((results / "embeddings" / "buckets").glob("*/shard=*"))
-    assert len(list((results / "embeddings" / "buckets").glob("*/bucket.json"))) == 2
+    assert not list((results / "embeddings" / "esm2" / "buckets").glob("*/shard=*"))
+    assert len(list((results / "embeddings" / "esm2" / "buckets").glob("*/bucket.json"))) == 2
 
     # Another shard size: the dataset folders hold exactly the new plan's shards.
     snakemake(workdir, *run_args(workdir, four, "results", "shard_size=2"), "--", "bacformer")
@@ -102,7 +102,7 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
     proteins = pq.read_table(results / "proteins")
     assert proteins.num_rows == sum(qc.column("proteins").to_pylist())
     assert sorted(set(proteins.column("genome_id").to_pylist())) == sorted(genome[0] for genome in GENOMES)
-    assert pq.read_table(results / "embeddings" / "shards").num_rows == proteins.num_rows
+    assert pq.read_table(results / "embeddings" / "esm2" / "shards").num_rows == proteins.num_rows
     bacformer = results / "bacformer" / "tiny-random"
     assert pq.read_table(bacformer / "proteins").num_rows == proteins.num_rows
     assert pq.read_table(bacformer / "genome_shards").num_rows == len(GENOMES)
@@ -110,7 +110,7 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
 
     # Removing a genome removes its proteins from every dataset.
     snakemake(workdir, *run_args(workdir, three, "results", "shard_size=2"), "--", "bacformer")
-    for dataset in (results / "proteins", results / "embeddings" / "shards", bacformer / "proteins"):
+    for dataset in (results / "proteins", results / "embeddings" / "esm2" / "shards", bacformer / "proteins"):
         assert "Cdiphtheriae_100kb" not in set(pq.read_table(dataset).column("genome_id").to_pylist()), dataset
 
 
@@ -131,8 +131,8 @@ def test_a_shard_of_quarantined_genomes_flows_through_every_stage(tmp_path: Path
     results = tmp_path / "results"
     genomes = pq.read_table(results / "bacformer" / "tiny-random" / "genomes.parquet")
     assert genomes.column("genome_id").to_pylist() == ["SRR492066"]
-    empty = pq.read_table(results / "embeddings" / "shards" / "shard=00002.parquet")
-    full = pq.read_table(results / "embeddings" / "shards" / "shard=00000.parquet")
+    empty = pq.read_table(results / "embeddings" / "esm2" / "shards" / "shard=00002.parquet")
+    full = pq.read_table(results / "embeddings" / "esm2" / "shards" / "shard=00000.parquet")
     assert empty.num_rows == 0 and empty.schema.equals(full.schema, check_metadata=False)
     keys = ("bacflow.embedding_recipe_key", "bacflow.embedding_recipe")
     assert all(empty.schema.metadata[key.encode()] == full.schema.metadata[key.encode()] for key in keys)
@@ -176,7 +176,7 @@ def test_the_readme_command_resumes_a_killed_run(first_run: Path, tmp_path: Path
         resumed = subprocess.run([*command, *extra, "--", "bacformer"], cwd=REPO, capture_output=True, text=True)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
-    for folder in ("embeddings/shards", "bacformer/tiny-random/proteins"):
+    for folder in ("embeddings/esm2/shards", "bacformer/tiny-random/proteins"):
         mine, clean = pq.read_table(tmp_path / "results" / folder), pq.read_table(first_run / "clean" / folder)
         names = [name for name in clean.schema.names if name != "vector"]
         assert mine.select(names).equals(clean.select(names))

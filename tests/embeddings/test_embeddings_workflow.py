@@ -61,13 +61,13 @@ def first_run(workdir: Path) -> Path:
 def test_embeddings_end_to_end(workdir: Path, first_run: Path):
     proteins = ds.dataset(first_run / "proteins", format="parquet", partitioning="hive").to_table()
     for shard in ("00000", "00001"):
-        vectors = pq.read_table(first_run / f"embeddings/shards/shard={shard}.parquet")
+        vectors = pq.read_table(first_run / f"embeddings/esm2/shards/shard={shard}.parquet")
         source = pq.read_table(first_run / f"proteins/shard={shard}/part-0.parquet")
         assert vectors.select(["genome_id", "contig_index", "protein_index", "seq_hash"]).equals(
             source.select(["genome_id", "contig_index", "protein_index", "seq_hash"])
         )
         assert vectors.schema.field("vector").type.list_size == 48
-        metadata = read_metadata(first_run / f"embeddings/shards/shard={shard}.parquet")
+        metadata = read_metadata(first_run / f"embeddings/esm2/shards/shard={shard}.parquet")
         assert metadata["bacflow.embedding_recipe_key"].startswith("local-")
 
     # Every distinct sequence of the cohort is in the store exactly once; the repeated genome added none.
@@ -76,25 +76,25 @@ def test_embeddings_end_to_end(workdir: Path, first_run: Path):
     store = pq.read_table(next((workdir / "store").glob("local-*/parts")))
     assert store.num_rows == distinct == len(set(store.column("seq_hash").to_pylist()))
 
-    qc = pq.read_table(first_run / "qc/embeddings.parquet").to_pandas().set_index("genome_id")
+    qc = pq.read_table(first_run / "qc/embeddings-esm2.parquet").to_pandas().set_index("genome_id")
     assert sorted(qc.index) == ["Ct_D", "Ct_D_again", "SRR492066"]
     assert qc.loc["Ct_D", "proteins"] == 914 and qc.loc["Ct_D", "truncated_proteins"] == 18
     assert (qc.sequences_reused == 0).all() and (qc.sequences_embedded == qc.distinct_sequences).all()
 
     for log in ("embed_bucket/0000", "embed_bucket/0001", "embed_gather/00000", "embed_qc"):
         assert (first_run / "logs" / f"{log}.log").exists() and (first_run / "benchmarks" / f"{log}.tsv").exists()
-    assert not list((first_run / "embeddings/buckets").glob("*/shard=*"))  # rows deleted once gathered
+    assert not list((first_run / "embeddings/esm2/buckets").glob("*/shard=*"))  # rows deleted once gathered
     assert "Nothing to be done" in snakemake(workdir, "--dry-run", *run_args(workdir, "first")).stdout
 
 
 def test_a_second_run_sharing_the_store_embeds_nothing(workdir: Path, first_run: Path):
     parts = sorted((workdir / "store").glob("*/parts/*.parquet"))
     snakemake(workdir, *run_args(workdir, "second"))
-    qc = pq.read_table(workdir / "second/qc/embeddings.parquet").to_pandas()
+    qc = pq.read_table(workdir / "second/qc/embeddings-esm2.parquet").to_pandas()
     assert (qc.sequences_embedded == 0).all() and (qc.sequences_reused == qc.distinct_sequences).all()
     assert sorted((workdir / "store").glob("*/parts/*.parquet")) == parts
     for shard in ("00000", "00001"):
-        path = f"embeddings/shards/shard={shard}.parquet"
+        path = f"embeddings/esm2/shards/shard={shard}.parquet"
         assert pq.read_table(workdir / "second" / path).equals(pq.read_table(first_run / path))
 
 
