@@ -31,7 +31,7 @@ from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.embeddings.esmc_model import ESMCEncoder, load_esmc, load_esmc_tokenizer
 from bacflow.embeddings.modeling_esmc import ESMCModel, ESMplusplusConfig
 from bacflow.embeddings.recipe import EmbeddingRecipe
-from bacflow.embeddings.tiny import ESMC_GEOMETRIES, build_esmc
+from bacflow.embeddings.tiny import ESMC_GEOMETRIES
 from bacformer_helpers import randomize, reference_environment, run_reference
 from conftest import needs_shared
 from esm_helpers import real_proteins
@@ -114,11 +114,6 @@ def oracle(esm_python: Path, tmp_path_factory) -> dict:
         results[name]["folder"] = esm_plusplus_folder(work / name, geometry, state_dict, work / "tokenizer")
     results["proteins"] = proteins
     return results
-
-
-@pytest.fixture(scope="module")
-def tiny_esmc(tmp_path_factory) -> Path:
-    return build_esmc(tmp_path_factory.mktemp("models") / "esmc-tiny")
 
 
 def embedder(model_path: Path, token_budget: int = 4096, dtype: torch.dtype = torch.float32) -> Embedder:
