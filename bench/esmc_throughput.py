@@ -262,7 +262,7 @@ def report(result: dict) -> str:
         "",
         f"CPU: {host['cpu_model']}, {host['nproc']} cores, {host['torch_threads']} torch thread(s); bfloat16 "
         f"instructions: {', '.join(result['bf16_cpu_flags']) or 'none'}; measured matrix-multiply rate "
-        f"{rates['float32']:.0f} GFLOP/s in float32, {rates['bfloat16']:.0f} in bfloat16. 1-minute load average "
+        f"{rates['float32']:.0f} GFLOP/s in float32, {rates['bfloat16']:.2f} in bfloat16. 1-minute load average "
         f"{result['load_average_1min']['min']:.1f}-{result['load_average_1min']['max']:.1f} (other work shared the "
         "cores: compare the two rows, not absolute rates).",
         "",
