@@ -77,34 +77,35 @@ def randomize(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     return model.eval()
 
 
-def reference_environment() -> Path:
-    """The Python of the reference's virtual environment, created on first use (skips the test without PyPI)."""
-    python = REFERENCE_VENV / "bin" / "python"
-    ready = REFERENCE_VENV / ".bacflow-ready"
+def reference_environment(venv: Path = REFERENCE_VENV, install: tuple[list[str], ...] = REFERENCE_INSTALL) -> Path:
+    """The Python of a reference's virtual environment `venv` (default the Bacformer reference's), created on
+    first use by one ``pip install`` per list of `install` (skips the test without PyPI)."""
+    python = venv / "bin" / "python"
+    ready = venv / ".bacflow-ready"
     if ready.exists():
         return python
     started = time.monotonic()
-    commands = [[sys.executable, "-m", "venv", str(REFERENCE_VENV)]]
-    commands += [[str(python), "-m", "pip", "install", "-q", *packages] for packages in REFERENCE_INSTALL]
+    commands = [[sys.executable, "-m", "venv", str(venv)]]
+    commands += [[str(python), "-m", "pip", "install", "-q", *packages] for packages in install]
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             pytest.skip(
-                f"cannot create the reference implementation's environment at {REFERENCE_VENV} (it needs PyPI): "
+                f"cannot create the reference implementation's environment at {venv} (it needs PyPI): "
                 f"`{' '.join(command)}` failed: {result.stderr.strip()[-1000:]}"
             )
     ready.write_text(f"created in {time.monotonic() - started:.0f} s\n")
     return python
 
 
-def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
-    """Run the oracle's jobs (see ``tests/reference_oracle.py``) in one process; their results by name."""
+def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path, oracle: Path = ORACLE) -> dict[str, Any]:
+    """Run the `oracle` script's jobs (default ``tests/reference_oracle.py``) in one process; their results by name."""
     request, response = workdir / "oracle-request.pt", workdir / "oracle-response.pt"
     torch.save({"jobs": jobs}, request)
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
-        [str(python), str(ORACLE), str(request), str(response)], capture_output=True, text=True, cwd=workdir, env=env
+        [str(python), str(oracle), str(request), str(response)], capture_output=True, text=True, cwd=workdir, env=env
     )
     assert result.returncode == 0, f"the reference oracle failed:\n{result.stderr[-4000:]}"
     return torch.load(response, weights_only=False)

@@ -29,7 +29,8 @@ log = logging.getLogger("bacflow")
 _HUB_FILES = ["*.json", "vocab.txt", "*.safetensors"]
 _HUB_PICKLE_FILES = ["pytorch_model*.bin"]
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
-_IDENTITY_FILES = ("config.json", "vocab.txt")
+#: What identifies a folder besides its weights: config and vocabulary (ESM-2's vocab.txt, ESM-C's tokenizer.json).
+_IDENTITY_FILES = ("config.json", "vocab.txt", "tokenizer.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 

@@ -37,13 +37,15 @@ PROBE_SEQUENCE = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQ
 
 
 class EsmTokens:
-    """EsmTokenizer's ids for normalised protein sequences, computed with a lookup table.
+    """The tokenizer's ids for normalised protein sequences, computed with a lookup table.
 
-    EsmTokenizer is pure Python (about 1 ms per protein, slower than a GPU embeds them). For a
+    EsmTokenizer (ESM-2) is pure Python (about 1 ms per protein, slower than a GPU embeds them). For a
     normalised sequence (upper case, no white space) its output is one id per character, except that a
-    run of characters outside the vocabulary becomes a single ``<unk>``; this class reproduces exactly
-    that, and hands any sequence it cannot (non-ASCII, or a vocabulary with upper-case multi-character
-    tokens) to the tokenizer itself. tests/embeddings/test_esm_embed.py checks both against each other.
+    run of characters outside the vocabulary becomes a single ``<unk>``; ESM-C's tokenizer gives one
+    ``<unk>`` per such character instead, and which rule applies is asked of the tokenizer. This class
+    reproduces exactly that, and hands any sequence it cannot (non-ASCII, or a vocabulary with upper-case
+    multi-character tokens) to the tokenizer itself. tests/embeddings/test_esm_embed.py and test_esmc.py
+    check both against each other.
     """
 
     def __init__(self, tokenizer: EsmTokenizer, max_length: int):
@@ -63,6 +65,8 @@ class EsmTokens:
         # A multi-character token that a normalised sequence could contain would need the tokenizer's
         # longest-match splitting; ESM vocabularies have none (<cls>, <null_1>, ... are lower case).
         self.exact = not any(len(token) > 1 and token == token.upper() for token in vocab)
+        outside = next(chr(code) for code in range(33, 127) if self.table[code] < 0)
+        self.fuse_unknown = len(tokenizer(outside * 2, add_special_tokens=False)["input_ids"]) == 1
 
     def residue_ids(self, sequence: str) -> np.ndarray:
         """Token ids of a normalised sequence, without BOS/EOS and before truncation."""
@@ -71,8 +75,9 @@ class EsmTokens:
         ids = self.table[np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)]
         unknown = ids < 0
         if unknown.any():
-            first_of_run = unknown & ~np.concatenate(([False], unknown[:-1]))
-            ids = np.where(unknown, self.unk, ids)[~unknown | first_of_run]
+            ids = np.where(unknown, self.unk, ids)
+            if self.fuse_unknown:  # one <unk> per run: keep the first of each
+                ids = ids[~(unknown & np.concatenate(([False], unknown[:-1])))]
         return ids
 
     def encode(self, sequences: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The ESM-2 embedding recipe: everything that decides a protein's vector, and the key that names its store.
+"""The embedding recipe (ESM-2 or ESM-C): everything that decides a protein's vector, and the key that names its store.
 
 Two runs whose recipes have the same key give the same vectors for the same sequence (up to the
 nondeterminism of GPU kernels), so one may reuse the other's; any other pair never shares vectors.
@@ -20,6 +20,14 @@ from bacflow.core.provenance import canonical_json
 POOLINGS = ("mean", "mean_residues")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 VECTOR_DTYPES = ("float32", "float16")
+#: Encoder families (`bacflow.embeddings.encoders`): what recipe descriptions call their model and tokens.
+FAMILIES = {
+    "esm2": ("transformers EsmModel, last hidden state", "EsmTokenizer"),
+    "esmc": (
+        "ESM-C (bacflow.embeddings.modeling_esmc.ESMCModel, ESM++ checkpoint layout), last hidden state",
+        "ESM-C's EsmSequenceTokenizer, one <unk> per unknown character",
+    ),
+}
 #: Metadata keys of every table made from a recipe's vectors: its key, and its description (JSON).
 RECIPE_KEY = "bacflow.embedding_recipe_key"
 RECIPE = "bacflow.embedding_recipe"
@@ -34,10 +42,16 @@ class EmbeddingRecipe:
     pooling: str
     max_length: int  #: tokens, BOS and EOS included; longer proteins keep their first max_length-2 residues
     vector_dtype: str  #: how vectors are stored
+    family: str = "esm2"  #: the encoder family, from the model folder's config.json
 
     def __post_init__(self) -> None:
-        if self.dtype not in COMPUTE_DTYPES or self.vector_dtype not in VECTOR_DTYPES or self.pooling not in POOLINGS:
-            raise ValueError(f"unknown dtype, vector dtype or pooling in {self}")
+        if (
+            self.dtype not in COMPUTE_DTYPES
+            or self.vector_dtype not in VECTOR_DTYPES
+            or self.pooling not in POOLINGS
+            or self.family not in FAMILIES
+        ):
+            raise ValueError(f"unknown dtype, vector dtype, pooling or encoder family in {self}")
         if self.max_length < 3:
             raise ValueError("max_length must leave room for BOS, EOS and one residue")
 
@@ -46,6 +60,8 @@ class EmbeddingRecipe:
         identity = asdict(self)
         if self.local:
             identity["model"] = None
+        if self.family == "esm2":  # left out, so that stores made before ESM-C was supported keep their keys
+            del identity["family"]
         return identity
 
     @property
@@ -56,10 +72,11 @@ class EmbeddingRecipe:
         return f"{name}-{digest}"
 
     def description(self) -> dict[str, Any]:
+        architecture, tokenizer = FAMILIES[self.family]
         return {
             **asdict(self),
             "key": self.key,
-            "architecture": "transformers EsmModel, last hidden state",
-            "tokens": f"<cls> + first {self.max_length - 2} residues + <eos> (EsmTokenizer)",
+            "architecture": architecture,
+            "tokens": f"<cls> + first {self.max_length - 2} residues + <eos> ({tokenizer})",
             "sequence": "normalised as for seq_hash (white space removed, upper case, trailing * removed)",
         }

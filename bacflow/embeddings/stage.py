@@ -39,7 +39,7 @@ from bacflow.core.errors import InputError
 from bacflow.core.models import choose_device, resolve_model
 from bacflow.core.provenance import CORE_PACKAGES, provenance
 from bacflow.core.tables import atomic_path, read_metadata, remove_leftovers, remove_stale_shards, write_parquet
-from bacflow.embeddings.esm_model import load_esm
+from bacflow.embeddings.encoders import encoder_family
 from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
 from bacflow.proteins.unique import bucket_of
@@ -172,6 +172,7 @@ def embed_bucket(
         pooling=settings.pooling,
         max_length=settings.max_length,
         vector_dtype=settings.vector_dtype,
+        family=encoder_family(source.path),
     )
     store = EmbeddingStore(store_root, recipe).open()
     log.info(
@@ -250,11 +251,11 @@ def _embed_missing(
     import torch
 
     from bacflow.embeddings.embedder import Embedder
-    from bacflow.embeddings.esm_encoder import EsmEncoder
+    from bacflow.embeddings.encoders import load_encoder
 
-    model, tokenizer = load_esm(model_path, device, getattr(torch, dtype))
+    encoder, tokenizer = load_encoder(model_path, device, getattr(torch, dtype))
     embedder = Embedder(
-        EsmEncoder(model),
+        encoder,
         tokenizer,
         pooling=settings.pooling,
         max_length=settings.max_length,
@@ -373,7 +374,10 @@ def gather_shard(
     if buckets != list(range(info["buckets"])):
         raise InputError(f"shard {shard}: bucket folders {buckets} given, not all {info['buckets']} buckets")
     schema = bucket_schema(vector_type(info["dim"], info["recipe"]["vector_dtype"]))
-    recipe = EmbeddingRecipe(**{key: info["recipe"][key] for key in EmbeddingRecipe.__dataclass_fields__})
+    # A key a bucket.json lacks has its default (bucket folders outlive runs: `family` came later).
+    recipe = EmbeddingRecipe(
+        **{key: info["recipe"][key] for key in EmbeddingRecipe.__dataclass_fields__ if key in info["recipe"]}
+    )
     pieces = [
         _shard_rows(folder, bucket_info, shard, proteins, schema, recipe, store_root)
         for folder, bucket_info in infos.items()
