@@ -9,6 +9,7 @@ The Snakemake workflow runs the stages below on a cohort; each is also usable on
 >>> embedder = bacflow.Embedder(bacflow.EsmEncoder(model), tokenizer, pooling="mean", max_length=1024,
 ...                             token_budget=2048)
 >>> vectors, tokens, truncated = embedder.embed(genome.columns["sequence"])  # one vector per protein
+>>> encoder, tokenizer = bacflow.load_encoder("esmc-folder", device, dtype)  # ESM-2 or ESM-C, by config.json
 >>> bacformer = bacflow.BacformerModel.from_pretrained("bacformer-folder")
 
 Names are imported on first use, so ``import bacflow`` loads neither PyTorch nor the stages' dependencies.
@@ -35,6 +36,7 @@ _API = {
     "AnnotationParams": "bacflow.proteins.annotate",
     "annotate_genome": "bacflow.proteins.annotate",
     "load_esm": "bacflow.embeddings.esm_model",
+    "load_encoder": "bacflow.embeddings.encoders",
     "EsmEncoder": "bacflow.embeddings.esm_encoder",
     "Embedder": "bacflow.embeddings.embedder",
     "BacformerConfig": "bacflow.bacformer.modeling_bacformer",

@@ -174,6 +174,14 @@ def tiny_esm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_esmc(tmp_path_factory) -> Path:
+    """A tiny random ESM-C (2 layers, width 128, ESM++ layout) in a folder, shared by the session's tests."""
+    from bacflow.embeddings.tiny import build_esmc
+
+    return build_esmc(tmp_path_factory.mktemp("models") / "esmc-tiny")
+
+
+@pytest.fixture(scope="session")
 def reference_python() -> Path:
     """The Python of the reference Bacformer's own virtual environment (bacformer==0.2.0), the tests' oracle."""
     from bacformer_helpers import reference_environment

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 
@@ -183,4 +183,3 @@ class ESMCModel(ESMCPreTrainedModel):
 
 AutoConfig.register(ESMplusplusConfig.model_type, ESMplusplusConfig, exist_ok=True)
 AutoModel.register(ESMplusplusConfig, ESMCModel, exist_ok=True)
-AutoModelForMaskedLM.register(ESMplusplusConfig, ESMCModel, exist_ok=True)

@@ -20,11 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 from transformers import EsmTokenizer
 
 from bacflow.core.errors import InputError
 from bacflow.core.seqhash import seq_hash
-from bacflow.embeddings.embedder import PROBE_SEQUENCE
+from bacflow.embeddings.embedder import PROBE_SEQUENCE, Embedder
+from bacflow.embeddings.encoders import load_encoder
 from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard, pending_shards
 from bacflow.proteins.unique import gather_bucket, shard_unique
@@ -194,6 +196,33 @@ def test_a_new_recipe_embeds_everything_again(cohort, tiny_esm: Path, tmp_path: 
     assert sum(count["embedded"] for count in half["counts"]) == len(unique_sequences(cohort))
     assert half["shards"]["00000"].schema.field("vector").type.value_type == pa.float16()
     assert len(list((tmp_path / "store").iterdir())) == 2  # one folder per recipe
+
+
+def test_esmc_vectors_get_a_recipe_of_their_own_in_the_same_store(
+    cohort, tiny_esm: Path, tiny_esmc: Path, tmp_path: Path
+):
+    esm2 = run_stage(cohort, tmp_path / "esm2", tiny_esm, tmp_path / "store", n_buckets=2)
+    esmc = run_stage(cohort, tmp_path / "esmc", tiny_esmc, tmp_path / "store", n_buckets=2)
+    assert sum(count["embedded"] for count in esmc["counts"]) == len(unique_sequences(cohort))
+    keys = {result["counts"][0]["recipe"] for result in (esm2, esmc)}
+    assert len(keys) == 2 and {folder.name for folder in (tmp_path / "store").iterdir()} == keys
+    recipe = json.loads((tmp_path / "store" / esmc["counts"][0]["recipe"] / "recipe.json").read_text())
+    assert recipe["family"] == "esmc" and "ESM-C" in recipe["architecture"]
+    # The gathered vectors are the embedder's, in genome order.
+    shard = esmc["shards"]["00000"]
+    proteins = pq.read_table(cohort["00000"]).column("sequence").to_pylist()
+    encoder, tokenizer = load_encoder(tiny_esmc, torch.device("cpu"), torch.float32)
+    direct, _, _ = Embedder(encoder, tokenizer, pooling="mean", max_length=1024, token_budget=3000).embed(proteins)
+    assert np.abs(np.stack(shard.column("vector").to_numpy(zero_copy_only=False)) - direct).max() <= 1e-5
+    # A bucket.json written before the recipe named its encoder family is read as ESM-2's.
+    info_path = tmp_path / "esm2" / "vectors-0" / "bucket.json"
+    info = json.loads(info_path.read_text())
+    del info["recipe"]["family"]
+    info_path.write_text(json.dumps(info))
+    folders = [tmp_path / "esm2" / f"vectors-{bucket}" for bucket in range(2)]
+    out = tmp_path / "regathered.parquet"
+    gather_shard(cohort["00001"], folders, "00001", out, tmp_path / "q.parquet", store_root=tmp_path / "store")
+    assert pq.read_table(out).column("vector").equals(esm2["shards"]["00001"].column("vector"))
 
 
 def test_vectors_do_not_depend_on_the_bucket_count(cohort, tiny_esm: Path, tmp_path: Path):

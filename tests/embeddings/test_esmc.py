@@ -31,7 +31,7 @@ from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.embeddings.esmc_model import ESMCEncoder, load_esmc, load_esmc_tokenizer
 from bacflow.embeddings.modeling_esmc import ESMCModel, ESMplusplusConfig
 from bacflow.embeddings.recipe import EmbeddingRecipe
-from bacflow.embeddings.tiny import ESMC_GEOMETRIES, build_esmc
+from bacflow.embeddings.tiny import ESMC_GEOMETRIES
 from bacformer_helpers import randomize, reference_environment, run_reference
 from conftest import needs_shared
 from esm_helpers import real_proteins
@@ -116,11 +116,6 @@ def oracle(esm_python: Path, tmp_path_factory) -> dict:
     return results
 
 
-@pytest.fixture(scope="module")
-def tiny_esmc(tmp_path_factory) -> Path:
-    return build_esmc(tmp_path_factory.mktemp("models") / "esmc-tiny")
-
-
 def embedder(model_path: Path, token_budget: int = 4096, dtype: torch.dtype = torch.float32) -> Embedder:
     encoder, tokenizer = load_encoder(model_path, CPU, dtype)
     return Embedder(encoder, tokenizer, pooling="mean", max_length=1024, token_budget=token_budget)
@@ -148,7 +143,8 @@ def test_tokens_are_the_esm_packages(oracle: dict, tiny_esmc: Path, source: str)
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_hidden_states_equal_the_esm_packages_esmc(oracle: dict, geometry: str):
     """The oracle's state dict, loaded strictly from an ESM++-style folder, run on the oracle's padded batches
-    (lengths 3 to 1,024 tokens, truncated ones included): last hidden states within 1e-5 in float32."""
+    (lengths 52 to 1,024 tokens, truncated ones included): last hidden states within 1e-5 in float32
+    (measured: identical, the same operations in the same order)."""
     model, _ = load_esmc(oracle[geometry]["folder"], CPU, torch.float32)
     worst = 0.0
     with torch.inference_mode():
@@ -192,12 +188,13 @@ def test_vectors_do_not_depend_on_batch_composition(tiny_esmc: Path, baseline: n
 
 
 def test_bfloat16_stays_near_float32(tiny_esmc: Path, baseline: np.ndarray):
-    """The GPU's compute dtype, run on the CPU: float32 vectors within bfloat16 rounding of float32's."""
+    """The GPU's compute dtype, run on the CPU: float32 vectors within bfloat16 rounding of float32's
+    (measured: at most 0.016, mean 0.0036, for entries up to 3.1)."""
     chosen = list(range(140, 180))
     encoder = embedder(tiny_esmc, dtype=torch.bfloat16)
     assert encoder.encoder.dtype == torch.bfloat16
     vectors, _, _ = encoder.embed([real_proteins()[i] for i in chosen])
-    assert vectors.dtype == np.float32 and np.abs(vectors - baseline[chosen]).max() <= 0.1
+    assert vectors.dtype == np.float32 and np.abs(vectors - baseline[chosen]).max() <= 0.05
 
 
 def test_load_encoder_picks_the_family_from_config_json(tiny_esmc: Path, tiny_esm: Path):
