@@ -478,9 +478,8 @@ def _check_limits(
             "match the model"
         )
     recipe = json.loads((schema.metadata or {}).get(RECIPE.encode(), b"{}"))
-    encoder = recipe.get("encoder") or next(
-        (f.encoder for f in FAMILIES.values() if f.embedding_model == recipe.get("model")), None
-    )
+    # Recipes written before ESM-C was supported are ESM-2's and do not name their encoder.
+    encoder = recipe.get("encoder", "esm2") if recipe else None
     if encoder is not None and encoder != family.encoder:
         raise InputError(
             f"{vectors_path}: {encoder} protein vectors ({recipe.get('model')}), but {takes}: the embeddings recipe "

@@ -20,8 +20,8 @@ from bacflow.core.provenance import canonical_json
 POOLINGS = ("mean", "mean_residues")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 VECTOR_DTYPES = ("float32", "float16")
-#: Encoder families (`bacflow.embeddings.encoders`): what recipe descriptions call their model and tokens.
-FAMILIES = {
+#: Encoders (`bacflow.embeddings.encoders`): what recipe descriptions call their model and tokens.
+ENCODERS = {
     "esm2": ("transformers EsmModel, last hidden state", "EsmTokenizer"),
     "esmc": (
         "ESM-C (bacflow.embeddings.modeling_esmc.ESMCModel, ESM++ checkpoint layout), last hidden state",
@@ -42,16 +42,16 @@ class EmbeddingRecipe:
     pooling: str
     max_length: int  #: tokens, BOS and EOS included; longer proteins keep their first max_length-2 residues
     vector_dtype: str  #: how vectors are stored
-    family: str = "esm2"  #: the encoder family, from the model folder's config.json
+    encoder: str = "esm2"  #: "esm2" or "esmc", from the model folder's config.json
 
     def __post_init__(self) -> None:
         if (
             self.dtype not in COMPUTE_DTYPES
             or self.vector_dtype not in VECTOR_DTYPES
             or self.pooling not in POOLINGS
-            or self.family not in FAMILIES
+            or self.encoder not in ENCODERS
         ):
-            raise ValueError(f"unknown dtype, vector dtype, pooling or encoder family in {self}")
+            raise ValueError(f"unknown dtype, vector dtype, pooling or encoder in {self}")
         if self.max_length < 3:
             raise ValueError("max_length must leave room for BOS, EOS and one residue")
 
@@ -60,8 +60,8 @@ class EmbeddingRecipe:
         identity = asdict(self)
         if self.local:
             identity["model"] = None
-        if self.family == "esm2":  # left out, so that stores made before ESM-C was supported keep their keys
-            del identity["family"]
+        if self.encoder == "esm2":  # left out, so that stores made before ESM-C was supported keep their keys
+            del identity["encoder"]
         return identity
 
     @property
@@ -72,7 +72,7 @@ class EmbeddingRecipe:
         return f"{name}-{digest}"
 
     def description(self) -> dict[str, Any]:
-        architecture, tokenizer = FAMILIES[self.family]
+        architecture, tokenizer = ENCODERS[self.encoder]
         return {
             **asdict(self),
             "key": self.key,

@@ -172,7 +172,7 @@ def embed_bucket(
         pooling=settings.pooling,
         max_length=settings.max_length,
         vector_dtype=settings.vector_dtype,
-        family=encoder_family(source.path),
+        encoder=encoder_family(source.path),
     )
     store = EmbeddingStore(store_root, recipe).open()
     log.info(
@@ -374,7 +374,7 @@ def gather_shard(
     if buckets != list(range(info["buckets"])):
         raise InputError(f"shard {shard}: bucket folders {buckets} given, not all {info['buckets']} buckets")
     schema = bucket_schema(vector_type(info["dim"], info["recipe"]["vector_dtype"]))
-    # A key a bucket.json lacks has its default (bucket folders outlive runs: `family` came later).
+    # A key a bucket.json lacks has its default (bucket folders outlive runs: `encoder` came later).
     recipe = EmbeddingRecipe(
         **{key: info["recipe"][key] for key in EmbeddingRecipe.__dataclass_fields__ if key in info["recipe"]}
     )

@@ -207,7 +207,7 @@ def test_esmc_vectors_get_a_recipe_of_their_own_in_the_same_store(
     keys = {result["counts"][0]["recipe"] for result in (esm2, esmc)}
     assert len(keys) == 2 and {folder.name for folder in (tmp_path / "store").iterdir()} == keys
     recipe = json.loads((tmp_path / "store" / esmc["counts"][0]["recipe"] / "recipe.json").read_text())
-    assert recipe["family"] == "esmc" and "ESM-C" in recipe["architecture"]
+    assert recipe["encoder"] == "esmc" and "ESM-C" in recipe["architecture"]
     # The gathered vectors are the embedder's, in genome order.
     shard = esmc["shards"]["00000"]
     proteins = pq.read_table(cohort["00000"]).column("sequence").to_pylist()
@@ -217,7 +217,7 @@ def test_esmc_vectors_get_a_recipe_of_their_own_in_the_same_store(
     # A bucket.json written before the recipe named its encoder family is read as ESM-2's.
     info_path = tmp_path / "esm2" / "vectors-0" / "bucket.json"
     info = json.loads(info_path.read_text())
-    del info["recipe"]["family"]
+    del info["recipe"]["encoder"]
     info_path.write_text(json.dumps(info))
     folders = [tmp_path / "esm2" / f"vectors-{bucket}" for bucket in range(2)]
     out = tmp_path / "regathered.parquet"

@@ -208,14 +208,14 @@ def test_load_encoder_picks_the_family_from_config_json(tiny_esmc: Path, tiny_es
 def test_recipe_keys_differ_between_esm2_and_esmc_and_esm2_keys_are_unchanged():
     settings = dict(model="local:model", revision="sha256:" + "0" * 32, local=True, dtype="float32", pooling="mean")
     settings |= dict(max_length=1024, vector_dtype="float32")
-    esm2, esmc = EmbeddingRecipe(**settings), EmbeddingRecipe(**settings, family="esmc")
+    esm2, esmc = EmbeddingRecipe(**settings), EmbeddingRecipe(**settings, encoder="esmc")
     assert esm2.key != esmc.key
     # ESM-2's identity is what it was before ESM-C existed, so existing stores keep their folders.
     assert canonical_json(esm2.identity()) == canonical_json({**settings, "model": None})
     assert "EsmModel" in esm2.description()["architecture"] and "EsmTokenizer" in esm2.description()["tokens"]
     assert "ESM-C" in esmc.description()["architecture"] and "EsmSequenceTokenizer" in esmc.description()["tokens"]
-    with pytest.raises(ValueError, match="encoder family"):
-        EmbeddingRecipe(**settings, family="esm3")
+    with pytest.raises(ValueError, match="encoder in"):
+        EmbeddingRecipe(**settings, encoder="esm3")
 
 
 def test_the_tiny_esmc_is_marked_random_and_its_checksum_covers_the_tokenizer(tiny_esmc: Path, tmp_path: Path):
