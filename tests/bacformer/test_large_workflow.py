@@ -103,7 +103,8 @@ def test_large_outputs_equal_the_references_builder_and_forward(workdir: Path, r
         mask = np.array(proteins.column("genome_id").to_pylist()) == genome
         vectors = np.stack(proteins.column("vector").to_numpy(zero_copy_only=False))[mask]
         contigs = np.array(proteins.column("contig_index").to_pylist())[mask]
-        genome_contigs = [torch.from_numpy(vectors[contigs == contig]) for contig in np.unique(contigs)]
+        # The reference takes a genome as a list of contigs, each a list of protein vectors.
+        genome_contigs = [list(vectors[contigs == contig]) for contig in np.unique(contigs)]
         jobs.append({"kind": "large_inputs", "name": genome, "genomes": [(genome_contigs, {"max_n_proteins": 6000})]})
     inputs = run_reference(reference_python, jobs, workdir)
     forward = [
