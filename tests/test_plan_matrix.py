@@ -1,18 +1,20 @@
 """Every config of the dry-run matrix (`.test/config-*/config.yaml`, each laid over config/config.yaml) plans
-every named target: which ESM-2 (tiny, hub id, local folder), which Bacformer (tiny, hub id, local folder,
-this config's pretraining), a frozen family vocabulary or not, each annotation mode, and genomes of every
-kind. Planning runs the workflow's Python (model resolution, the tiny Bacformer's width, vocabulary checks)
-and nothing else; a broken combination fails here in seconds instead of on a cluster.
+every named target: which encoder (tiny, hub id, local folder), which Bacformer (tiny, hub id, local folder,
+this config's pretraining) of each family (base on ESM-2, Large on ESM-C), a frozen family vocabulary or not,
+each annotation mode, and genomes of every kind. Planning runs the workflow's Python (model resolution, the
+tiny Bacformer's width, vocabulary checks) and nothing else; a broken combination fails here in seconds instead
+of on a cluster.
 
 The configs name their inputs relative to the work folder that the `plan_inputs` fixture fills:
 ``config/samples.tsv`` (the default sheet: complete, draft and MAG FASTA genomes shipped with pyrodigal),
-``annotated.tsv`` (GenBank and FASTA + GFF3 genomes of ../shared/data), ``models/esm2`` and
-``models/bacformer`` (tiny random models built here) and ``vocab`` (a vocabulary built by bacflow's own
-clustering from real proteins).
+``annotated.tsv`` (GenBank and FASTA + GFF3 genomes of ../shared/data), ``models/esm2``, ``models/esmc``,
+``models/bacformer`` and ``models/bacformer-large`` (tiny random models built here) and ``vocab`` (a vocabulary
+built by bacflow's own clustering from real proteins).
 
 Hub models: there is no network here, and the product never downloads weights in tests. The tiny models are
 saved in a Hugging Face cache of this session, laid out as the hub client leaves a download (refs/main
-naming a commit, snapshots/<commit>/ holding the files), under the hub ids of config/config.yaml, and every
+naming a commit, snapshots/<commit>/ holding the files), under the published hub ids of both families (ESM-C at
+the commit Bacformer Large pins), and every
 Snakemake run gets that cache with HF_HUB_OFFLINE=1. The workflow's own planning code
 (`bacflow.core.models.planned_model` through huggingface_hub's `snapshot_download`) then resolves each hub id
 to that commit exactly as it resolves a real cached download, and a cache miss fails rather than fetches.
@@ -33,7 +35,8 @@ import yaml
 from snakemake.utils import update_config
 
 from bacflow.bacformer.model import build_tiny_bacformer
-from bacflow.embeddings.tiny import ESM2_GEOMETRIES, build_esm2
+from bacflow.bacformer.model_families import BASE, LARGE
+from bacflow.embeddings.tiny import ESM2_GEOMETRIES, ESMC_GEOMETRIES, build_esm2, build_esmc
 from bacflow.families import mmseqs
 from bacflow.families.stage import FamilyParams, build_families
 from bacflow.proteins.annotate import GenomeProteins
@@ -58,6 +61,16 @@ def merged_config(path: Path) -> dict[str, Any]:
     config = copy.deepcopy(base_config())
     update_config(config, yaml.safe_load(path.read_text()))
     return config
+
+
+def bacformer_family(config: dict[str, Any]) -> str:
+    """base or large: the config's Bacformer (the fixture's Large folder is ``models/bacformer-large``)."""
+    bacformer = config["bacformer"]
+    if bacformer["tiny_model"]:
+        return "large" if bacformer["tiny_model"] == "large" else "base"
+    if bacformer["model"] == "pretrain":
+        return "large" if config["pretrain"]["family"] == "large" else "base"
+    return "large" if bacformer["model"] in (*LARGE.checkpoints, "models/bacformer-large") else "base"
 
 
 def esm_mode(config: dict[str, Any]) -> str:
@@ -100,12 +113,12 @@ def expected_rules(config: dict[str, Any], target: str) -> set[str]:
     return plans[target]
 
 
-def cache_hub_model(cache: Path, hub_id: str, folder: Path) -> None:
-    """`folder` in the hub cache `cache` as huggingface_hub leaves a download of `hub_id` at HUB_COMMIT."""
+def cache_hub_model(cache: Path, hub_id: str, folder: Path, commit: str = HUB_COMMIT) -> None:
+    """`folder` in the hub cache `cache` as huggingface_hub leaves a download of `hub_id` at `commit` (main)."""
     repo = cache / f"models--{hub_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(HUB_COMMIT)
-    shutil.copytree(folder, repo / "snapshots" / HUB_COMMIT)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
 
 
 def write_annotated_sheet(path: Path) -> None:
@@ -142,10 +155,17 @@ def plan_inputs(tmp_path_factory, annotated: Callable[..., GenomeProteins]) -> t
         ],
     )
     esm2 = build_esm2(workdir / "models" / "esm2")
+    esmc = build_esmc(workdir / "models" / "esmc")
     bacformer = build_tiny_bacformer(workdir / "models" / "bacformer", ESM2_GEOMETRIES["tiny"]["hidden_size"])
+    large = build_tiny_bacformer(
+        workdir / "models" / "bacformer-large", ESMC_GEOMETRIES["tiny"]["hidden_size"], family="large"
+    )
     hub = workdir / "hf" / "hub"
-    cache_hub_model(hub, base_config()["embeddings"]["model"], esm2)
-    cache_hub_model(hub, base_config()["bacformer"]["model"], bacformer)
+    cache_hub_model(hub, BASE.embedding_model, esm2)
+    cache_hub_model(hub, LARGE.embedding_model, esmc, commit=LARGE.embedding_revision)
+    for family, model in ((BASE, bacformer), (LARGE, large)):
+        for hub_id in family.checkpoints:
+            cache_hub_model(hub, hub_id, model)
     missing = {}
     if SHARED_DATA.is_dir():
         write_annotated_sheet(workdir / "annotated.tsv")
@@ -163,10 +183,15 @@ def test_the_matrix_covers_every_choice():
     configs = [merged_config(path) for path in MATRIX]
     assert {esm_mode(config) for config in configs} == {"tiny", "hub", "folder"}
     assert {bacformer_mode(config) for config in configs} == {"tiny", "hub", "folder", "pretrain"}
+    # Each family from each kind of source.
+    families = {(bacformer_family(config), bacformer_mode(config)) for config in configs}
+    assert families >= {
+        (family, mode) for family in ("base", "large") for mode in ("tiny", "hub", "folder", "pretrain")
+    }
     assert {bool(config["families"]["vocab"]) for config in configs} == {True, False}
     assert {config["annotation"] for config in configs} == {"call", "file", "auto"}
     assert {config["samples"] for config in configs} == {"config/samples.tsv", "annotated.tsv"}
-    # A tiny Bacformer takes its width from the ESM-2 vectors, whatever their source.
+    # A tiny Bacformer takes its width from the vectors, whatever their source.
     tiny = {esm_mode(config) for config in configs if bacformer_mode(config) == "tiny"}
     assert tiny == {"tiny", "hub", "folder"}
 
