@@ -110,13 +110,12 @@ class TokenLayout:
         import torch
         import torch.nn.functional as F
 
-        # SDPA takes jagged tensors whose values are contiguous (rows, heads, width).
-        nested = [
-            torch.nested.nested_tensor_from_jagged(part.contiguous(), self.offsets, max_seqlen=self.longest).transpose(
-                1, 2
-            )
-            for part in (query, key, value)
-        ]
+        def jagged(part: torch.Tensor) -> torch.Tensor:
+            # SDPA takes jagged tensors whose values are contiguous (rows, heads, width).
+            flat = part.contiguous()
+            return torch.nested.nested_tensor_from_jagged(flat, self.offsets, max_seqlen=self.longest).transpose(1, 2)
+
+        nested = [jagged(part) for part in (query, key, value)]
         with warnings.catch_warnings():
             # The CPU fallback loops over sequences through the older nested layout, and warns that it exists.
             warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
