@@ -157,7 +157,7 @@ def inference(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model_folder = WORK / "model"
     BacformerModel(BacformerConfig(**PUBLISHED)).save_pretrained(model_folder)
-    device, dtype = choose_device("auto")
+    device, dtype, _ = choose_device("auto")
     torch.set_num_threads(args.threads)
     model = load_bacformer(model_folder, device, getattr(torch, dtype))
     genomes = synthetic_cohort(args.genomes, PUBLISHED["hidden_size"])
@@ -318,7 +318,7 @@ def published_geometry_on_demo(args: argparse.Namespace, results: Path) -> dict:
     from bacflow.embeddings.esm_model import load_esm
     from bacflow.embeddings.tiny import build_esm2
 
-    device, dtype = choose_device("auto")
+    device, dtype, _ = choose_device("auto")
     unique = pa.concat_tables(
         pq.read_table(path, columns=["sequence"]) for path in sorted((results / "unique").glob("bucket=*.parquet"))
     )

@@ -9,16 +9,18 @@ translations in ``../shared/data``, 314,411 tokens, 7 over 1,022 aa) are embedde
 * ``reference``: bacformer.pp's recipe as it runs without faesm: ``AutoModel`` (EsmModel with pooler)
   and ``AutoTokenizer``, float32, proteins sorted by length ascending, batches of 64 padded to the
   longest, truncation to 1,024 tokens, ``torch.no_grad``, mean over the attention mask (BOS/EOS in);
-* ``bacflow``: ``bacflow.embeddings.embedder.Embedder`` as a bucket job runs it: batches longest first under the
-  token budget (``--token-budget``, default the config's ``cpu_token_budget``/``gpu_token_budget``),
-  bacflow's forward pass (``bacflow.embeddings.esm_encoder``, SDPA attention) over the same weights,
-  ``torch.inference_mode``, float32 on the CPU, bfloat16 on a GPU.
+* ``bacflow float32`` and ``bacflow bfloat16`` (``--dtypes``): ``bacflow.embeddings.embedder.Embedder`` as a
+  bucket job runs it: batches longest first under the token budget (``--token-budget``, default the
+  config's ``cpu_token_budget``/``gpu_token_budget``), bacflow's forward pass
+  (``bacflow.embeddings.esm_encoder``: SDPA attention, packed tokens on a GPU) over the same weights,
+  ``torch.inference_mode``, in that dtype. ``dtype: auto`` picks bfloat16 on GPUs and on CPUs with native
+  bfloat16 (AMX-BF16, AVX512-BF16), float32 on other CPUs: the header says which this machine is.
 
 The model is facebook/esm2_t12_35M_UR50D's architecture (12 layers, hidden 480, 20 heads, intermediate
 1,920, 33 tokens, 1,026 positions, rotary) with random weights: speed does not depend on the weights.
 The proteins, in the reference's order, are cut into chunks of whole reference batches
 (``--chunk-batches``), so that the reference's batches are exactly those of one run over all of them.
-Chunks are measured in a fixed random order, the two sides taking turns on each chunk after a short
+Chunks are measured in a fixed random order, the sides taking turns on each chunk after a short
 untimed warm-up: a machine whose load from other work changes over time weighs on both alike, and the
 results, rewritten after every chunk, are a fair sample of the proteins if the run is cut short (they
 say how many chunks were measured). Reported: wall-clock and
@@ -26,9 +28,9 @@ process CPU seconds (with ``--threads 1`` on cores that other work shares, CPU s
 process really computed; rates are from wall-clock seconds), proteins/s,
 tokens/s (real tokens, BOS/EOS included, padding not counted), the ratio to the reference, achieved
 GFLOP/s (the forward pass's matrix products on real tokens, attention included) and that as a share of
-the measured matrix-multiply rate of the device (float32 on the CPU, bfloat16 on a GPU: "MFU"), and
-max |vector difference| between the two sides (float32 vs float32 on the CPU: ~1e-6; bfloat16 vs the
-float32 reference on a GPU: ~1e-2).
+the measured matrix-multiply rate of the device in the side's dtype ("MFU"; the CPU's is ``F.linear`` of
+(2048, 480) by (1920, 480), ESM-2 35M's up-projection on a batch), and each bacflow side's max |vector
+difference| from the reference and least cosine (float32: ~1e-6; bfloat16: ~1e-2).
 
 The dedup factor is proteins / distinct sequences over the cohort in ``../shared/data/cohort`` (its own
 ``samples.tsv``; annotated as the workflow does: GenBank CDS where present, else pyrodigal).
@@ -53,7 +55,6 @@ import datetime
 import gzip
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -62,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine_info, machine_markdown
+from machine import machine_info, machine_markdown, matmul_rate
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -93,21 +94,6 @@ def forward_flops(lengths: list[int]) -> float:
     hidden, intermediate, layers = GEOMETRY["hidden_size"], GEOMETRY["intermediate_size"], GEOMETRY["num_hidden_layers"]
     per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
     return float(sum(layers * (n * per_token + 4 * n * n * hidden) for n in lengths))
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:
-    """Measured FLOP/s of a large square matrix product on `device`."""
-    size = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.matmul(a, b)
-    synchronize(device)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.matmul(a, b)
-        runs += 1
-    synchronize(device)
-    return 2 * size**3 * runs / (time.perf_counter() - start)
 
 
 def synchronize(device: torch.device) -> None:
@@ -198,6 +184,7 @@ def main() -> None:
         default=None,
         help="torch threads (default torch's: all cores); 1 on cores busy with other work",
     )
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="bacflow's sides, comma-separated")
     parser.add_argument("--no-dedup", action="store_true", help="skip the cohort's dedup factor")
     parser.add_argument("--output", type=Path, default=None, help="default: bench/results/esm_throughput[_cuda].md")
     args = parser.parse_args()
@@ -205,7 +192,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = args.dtypes.split(",")
     budget = args.token_budget or EmbeddingSettings().token_budget(device)
     output = args.output or REPO / "bench" / "results" / f"esm_throughput{'_cuda' if device.type == 'cuda' else ''}.md"
     model_path = REPO / "bench" / "work" / "esm" / "esm2_t12_35M-random"
@@ -216,25 +203,27 @@ def main() -> None:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__,
         },
         "token_budget": budget,
-        "dtype": str(dtype).removeprefix("torch."),
-        "matmul_gflop_per_s": matmul_rate(device, dtype) / 1e9,
+        "matmul_gflop_per_s": {
+            dtype: matmul_rate(device.type, dtype, seconds=3.0) / 1e9 for dtype in ["float32", *dtypes]
+        },
         "dedup": None if args.no_dedup else dedup_factor(),
         "host": machine_info(),
     }
     proteins = load_proteins(args.proteins)
     reference = Reference(model_path, device)
-    model, tokenizer = load_esm(model_path, device, dtype)
-    ours = Embedder(EsmEncoder(model), tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
+    sides: dict[str, Callable[[list[str]], np.ndarray]] = {"reference": reference.embed}
+    for dtype in dtypes:
+        model, tokenizer = load_esm(model_path, device, getattr(torch, dtype))
+        embedder = Embedder(EsmEncoder(model), tokenizer, pooling="mean", max_length=MAX_LENGTH, token_budget=budget)
+        sides[f"bacflow {dtype}"] = lambda batch, embedder=embedder: embedder.embed(batch)[0]
     # Warm-up (untimed): first calls allocate and pick kernels.
-    reference.embed(proteins[:8])
-    ours.embed(proteins[:8])
+    for embed in sides.values():
+        embed(proteins[:8])
     reference.padded_tokens = 0
 
     # Chunks of whole reference batches, in the reference's order (so its batches are exactly those of one
@@ -244,24 +233,27 @@ def main() -> None:
     order = reference_order(proteins)
     size = 64 * args.chunk_batches
     chunks = [order[first : first + size] for first in range(0, len(order), size)]
-    seconds = {"reference": [0.0, 0.0], "bacflow": [0.0, 0.0]}
+    seconds = {name: [0.0, 0.0] for name in sides}
     done: list[int] = []
-    differences = []
+    differences: dict[str, list[float]] = {name: [] for name in sides if name != "reference"}
+    cosines: dict[str, list[float]] = {name: [] for name in differences}
     load = [os.getloadavg()[0]]
     for number, chunk in enumerate(np.random.default_rng(0).permutation(len(chunks)), 1):
         members = [proteins[index] for index in chunks[chunk]]
-        for name, embed in (("reference", reference.embed), ("bacflow", lambda batch: ours.embed(batch)[0])):
+        for name, embed in sides.items():
             wall, cpu, vectors = timed(embed, members, device)
             seconds[name][0] += wall
             seconds[name][1] += cpu
             if name == "reference":
                 expected = vectors
-        differences.append(float(np.abs(vectors - expected).max()))
+                continue
+            differences[name].append(float(np.abs(vectors - expected).max()))
+            norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1)
+            cosines[name].append(float(((vectors * expected).sum(1) / norms).min()))
         done += chunks[chunk]
         load.append(os.getloadavg()[0])
         tokens = [min(len(proteins[index]), MAX_LENGTH - 2) + 2 for index in done]
         flops = forward_flops(tokens)
-        peak = result["matmul_gflop_per_s"] * 1e9
         result |= {
             "chunks_measured": f"{number} of {len(chunks)}",
             "proteins": len(done),
@@ -270,7 +262,6 @@ def main() -> None:
             "reference_padded_tokens": reference.padded_tokens,
             "reference_attention": reference.model.config._attn_implementation,
             "load_average_1min": {"min": min(load), "max": max(load)},
-            "max_abs_difference": max(differences),
             "results": {
                 name: {
                     "seconds": wall,
@@ -278,7 +269,12 @@ def main() -> None:
                     "proteins_per_s": len(done) / wall,
                     "tokens_per_s": sum(tokens) / wall,
                     "gflop_per_s": flops / wall / 1e9,
-                    "mfu": flops / wall / peak,
+                    "mfu": flops
+                    / wall
+                    / 1e9
+                    / result["matmul_gflop_per_s"][name.split()[-1].replace("reference", "float32")],
+                    "max_abs_difference": max(differences.get(name, [0.0])),
+                    "least_cosine": min(cosines.get(name, [1.0])),
                     "ratio": seconds["reference"][0] / wall,
                     "cpu_ratio": seconds["reference"][1] / cpu,
                 }
@@ -293,41 +289,39 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
+    machine, rates = result["machine"], result["matmul_gflop_per_s"]
     lines = [
-        f"# ESM-2 embedding throughput ({result['machine']['device']}, {result['dtype']})",
+        f"# ESM-2 embedding throughput ({machine['device']}: {result['host']['cpu_model']})",
         "",
         "Made by `bench/esm_throughput.py` (its docstring says what is measured and how).",
         "",
         f"Command: `{result['command']}` ({result['date']})",
         "",
+        f"{machine['torch_threads']} torch thread(s) on device {machine['device']}. Matrix-multiply rates measured "
+        "beside the runs (the shares below are of these): "
+        + ", ".join(f"{dtype} {rate:.0f} GFLOP/s" for dtype, rate in rates.items())
+        + ".",
+        "",
         f"{result['proteins']} real proteins ({result['tokens']:,} tokens with BOS/EOS, "
         f"{result['proteins_over_1022']} over "
         f"1,022 aa), facebook/esm2_t12_35M_UR50D architecture with random weights; bacflow's token budget "
-        f"{result['token_budget']:,}; the reference ran {result['reference_padded_tokens']:,} tokens with padding, "
-        f"attention `{result['reference_attention']}` (transformers' default). "
-        f"Measured {result['dtype']} matrix-multiply rate: {result['matmul_gflop_per_s']:.0f} GFLOP/s. "
-        f"1-minute load average {result['load_average_1min']['min']:.1f}-{result['load_average_1min']['max']:.1f} "
-        f"on {result['machine']['cpus']} CPUs, {result['machine']['torch_threads']} torch thread(s). Chunks measured: "
-        f"{result['chunks_measured']}.",
+        f"{result['token_budget']:,}; the reference (float32) ran {result['reference_padded_tokens']:,} tokens "
+        f"with padding, attention `{result['reference_attention']}` (transformers' default). "
+        f"1-minute load average {result['load_average_1min']['min']:.1f}-{result['load_average_1min']['max']:.1f}. "
+        f"Chunks measured: {result['chunks_measured']}.",
         "",
         machine_markdown(result["host"]),
-        "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of matmul rate | speed-up "
-        "| speed-up (CPU s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | seconds | CPU seconds | proteins/s | tokens/s | GFLOP/s | share of its dtype's matmul rate "
+        "| speed-up | speed-up (CPU s) | max abs diff | least cosine |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in result["results"].items():
         lines.append(
             f"| {name} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['proteins_per_s']:.2f} | "
             f"{row['tokens_per_s']:.0f} | "
-            f"{row['gflop_per_s']:.1f} | {row['mfu']:.0%} | {row['ratio']:.2f}x | {row['cpu_ratio']:.2f}x |"
+            f"{row['gflop_per_s']:.1f} | {row['mfu']:.0%} | {row['ratio']:.2f}x | {row['cpu_ratio']:.2f}x | "
+            f"{row['max_abs_difference']:.1e} | {row['least_cosine']:.6f} |"
         )
-    lines += ["", f"Max |bacflow - reference| over all vector entries: {result['max_abs_difference']:.2e}."]
-    if result["dtype"] == "float32":
-        lines += [
-            "",
-            "GPU numbers (bf16 ours vs fp32 reference, MFU) are not in this file: "
-            "no GPU was available when it was made.",
-        ]
     if result["dedup"]:
         dedup = result["dedup"]
         lines += [

@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from esm_throughput import load_proteins, matmul_rate, reference_order
+from esm_throughput import load_proteins, reference_order
+from machine import machine_markdown
 from proteins_throughput import machine
 from safetensors.torch import load_file
 from torch import nn
@@ -156,15 +157,6 @@ class Reference:
         return np.concatenate(vectors)
 
 
-def bf16_flags() -> list[str]:
-    """The CPU's bfloat16 instruction-set flags (none on AVX2-only CPUs: bf16 is then emulated, slowly)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return sorted(flag for flag in flags.split(":", 1)[1].split() if "bf16" in flag)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--proteins", type=int, default=500)
@@ -183,15 +175,12 @@ def main() -> None:
     if not (model_path / "model.safetensors").exists():
         build_esmc(model_path, geometry=args.geometry)
     host = machine()
-    print(f"CPU: {host['cpu_model']} ({host['nproc']} cores); bf16 instructions: {bf16_flags() or 'none'}", flush=True)
+    print(machine_markdown(host), flush=True)
     result = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {**host, "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-        "bf16_cpu_flags": bf16_flags(),
-        "matmul_gflop_per_s": {
-            dtype: matmul_rate(cpu, getattr(torch, dtype), seconds=2.0) / 1e9 for dtype in ("float32", "bfloat16")
-        },
+        "matmul_gflop_per_s": host["cpu_matmul_gflop_per_s"],
         "geometry": {"name": args.geometry, **geometry},
         "token_budget": args.token_budget,
     }
@@ -260,8 +249,9 @@ def report(result: dict) -> str:
         "",
         f"Command: `{result['command']}` ({result['date']}, commit {host.get('git', {}).get('commit', '?')[:12]})",
         "",
-        f"CPU: {host['cpu_model']}, {host['nproc']} cores, {host['torch_threads']} torch thread(s); bfloat16 "
-        f"instructions: {', '.join(result['bf16_cpu_flags']) or 'none'}; measured matrix-multiply rate "
+        machine_markdown(host),
+        "",
+        f"{host['torch_threads']} torch thread(s); measured matrix-multiply rate "
         f"{rates['float32']:.0f} GFLOP/s in float32, {rates['bfloat16']:.2f} in bfloat16. 1-minute load average "
         f"{result['load_average_1min']['min']:.1f}-{result['load_average_1min']['max']:.1f} (other work shared the "
         "cores: compare the two rows, not absolute rates).",

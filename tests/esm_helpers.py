@@ -22,6 +22,7 @@ from conftest import SHARED_DATA
 CT_D_PROTEINS = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.cds_translations.faa.gz"
 UNIPROT_PROTEINS = SHARED_DATA / "mmseqs2" / "DB.fasta.gz"
 ECOLI_K12 = SHARED_DATA / "genomes" / "Ecoli_K12_MG1655_ragout.fna.gz"
+PARACOCCUS_PROTEINS = SHARED_DATA / "drafts" / "Paracoccus_sp_SCN68-21_MAG_MEES01.cds_translations.faa.gz"
 
 # One thread: on a machine whose cores are busy with other work (CI runners, parallel test sessions),
 # torch's OpenMP threads spin-wait for each other and a 2-thread forward pass of a small model was
@@ -59,6 +60,15 @@ def real_proteins() -> tuple[str, ...]:
     proteins = [normalise_protein(protein) for protein in short + long + rare + [ecoli_fdhf()]]
     assert len(long) == 18 and len(set(proteins)) == len(proteins) == 233
     return tuple(proteins)
+
+
+@functools.cache
+def many_real_proteins() -> tuple[str, ...]:
+    """533 distinct real proteins: `real_proteins` and the first 300 distinct ones of the Paracoccus
+    SCN68-21 MAG (NCBI translations) that are not among them."""
+    seen = set(real_proteins())
+    paracoccus = dict.fromkeys(normalise_protein(protein) for protein in read_fasta(PARACOCCUS_PROTEINS))
+    return real_proteins() + tuple(protein for protein in paracoccus if protein not in seen)[:300]
 
 
 def reference_vectors(model_path: Path, sequences: list[str], batch_size: int = 64) -> np.ndarray:

@@ -362,7 +362,7 @@ def bacformer_shard(
     from bacflow.core.models import choose_device, resolve_model
 
     torch.set_num_threads(threads)
-    device, dtype = choose_device(settings.dtype)
+    device, dtype, dtype_reason = choose_device(settings.dtype)
     source = resolve_model(model, revision, setting="bacformer", files=FOLDER_FILES)
     net = load_bacformer(source.path, device, getattr(torch, dtype))
     family = family_of_config_class(type(net.config).__name__)
@@ -384,6 +384,7 @@ def bacformer_shard(
         MODEL_KEY: canonical_json(identity),
         **{key: upstream[key] for key in RECIPE_KEYS if key in upstream},
         "bacflow.bacformer_device": f"{device} ({_device_name(device)})",
+        "bacflow.bacformer_dtype": f"{dtype} ({dtype_reason})",
     }
     log.info(
         "shard %s: %s (%s) on %s in %s; separator id %d; %s",

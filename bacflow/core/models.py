@@ -15,7 +15,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bacflow.core.errors import InputError
 
@@ -149,16 +149,70 @@ def folder_checksum(folder: str | Path) -> str:
     return f"sha256:{digest.hexdigest()[:32]}"
 
 
-def choose_device(dtype: str) -> tuple[torch.device, str]:
-    """The device to embed on and the compute dtype: a visible GPU (the one with the most free memory
-    when several are visible), else the CPU. dtype "auto" means bfloat16 on GPUs that support it
-    (float16 on older ones) and float32 on the CPU."""
+#: Set to 1 or 0 to say whether the CPU multiplies bfloat16 natively, instead of asking it (tests, or a
+#: machine whose detection is wrong).
+CPU_BF16_ENV = "BACFLOW_CPU_BF16"
+
+
+class Placement(NamedTuple):
+    """Where a job computes and in what dtype, and why that dtype (recorded in the outputs' metadata)."""
+
+    device: torch.device
+    dtype: str
+    reason: str
+
+
+def cpu_bf16_support() -> str | None:
+    """The CPU's native bfloat16 matrix instructions ("AMX-BF16" or "AVX512-BF16"), or None where bfloat16
+    would be emulated in float32 (slower than float32 itself). `CPU_BF16_ENV` overrides the detection."""
+    import os
+
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise InputError(f"{CPU_BF16_ENV}={forced!r}: set it to 1 or 0, or unset it")
+        return f"{CPU_BF16_ENV}=1" if forced == "1" else None
+    flags = _cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags, as torch's cpuinfo sees them (the names of /proc/cpuinfo's "flags")."""
+    import torch
+
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        return {name for name, present in capabilities().items() if present is True}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def choose_device(dtype: str) -> Placement:
+    """The device to compute on and the compute dtype: a visible GPU (the one with the most free memory
+    when several are visible), else the CPU. dtype "auto" means bfloat16 on GPUs that support it (float16
+    on older ones) and on CPUs with native bfloat16 matrix instructions (`cpu_bf16_support`), float32 on
+    other CPUs."""
     import torch
 
     if not torch.cuda.is_available():
-        return torch.device("cpu"), "float32" if dtype == "auto" else dtype
+        device = torch.device("cpu")
+        if dtype != "auto":
+            return Placement(device, dtype, "set in the config")
+        support = cpu_bf16_support()
+        if support:
+            return Placement(device, "bfloat16", f"auto: CPU with native bfloat16 ({support})")
+        return Placement(device, "float32", "auto: CPU without native bfloat16 (no AMX-BF16 or AVX512-BF16)")
     free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
     device = torch.device("cuda", free.index(max(free)))
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return device, dtype
+    if dtype != "auto":
+        return Placement(device, dtype, "set in the config")
+    if torch.cuda.is_bf16_supported():
+        return Placement(device, "bfloat16", "auto: GPU with bfloat16")
+    return Placement(device, "float16", "auto: GPU without bfloat16")

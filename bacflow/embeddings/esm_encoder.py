@@ -5,15 +5,22 @@ It computes what ``EsmModel(...).last_hidden_state`` computes (tests/embeddings/
 
 * query, key and value come from one matrix product (their weights concatenated once), the query's
   1/sqrt(head width) folded into its weights;
-* the rotary embedding turns query and key together, from cosine and sine tables made once;
+* the rotary embedding turns query and key together in three element-wise passes in the model's dtype
+  (`bacflow.embeddings.packing.rotate`: no cast to float32 and back, no concatenation), from cosine and
+  sine tables made once;
 * GELU is one fused kernel (``F.gelu``, the exact erf form) instead of five element-wise passes;
 * each residual is accumulated inside its output matrix product;
-* attention is PyTorch's fused ``scaled_dot_product_attention`` with the padding mask, always.
+* attention is PyTorch's fused ``scaled_dot_product_attention``: over the padded batch with the padding
+  mask, or over the real tokens alone, packed (`bacflow.embeddings.packing`; the default on CUDA).
 
-On two CPU cores a forward pass of the 35M model spends ~60 % of its time in matrix products running at
-the machine's peak; the rest was element-wise passes over activations and attention (head width 24,
-which no kernel runs fast). This module removes most of the element-wise passes: bench/results/
-esm_throughput.md has the measured effect.
+A layer is thus 4 matrix products, attention and 10 element-wise kernels (2 layer norms, 3 rotary, 2
+bias copies inside ``F.linear``, 2 bias additions to the residual, GELU) in float32 and in bfloat16 alike,
+against 14 in float32 and 16 in bfloat16 (two casts) when rotary was done in float32 with a concatenation
+(torch profiler, 35M geometry). On two CPU cores a float32 forward
+pass of the 35M model spends ~75 % of its time in matrix products; bench/results/esm_throughput.md has
+the measured effect. In bfloat16 every kernel runs in bfloat16 and the residual stream is bfloat16, as in
+transformers (whose rotary embedding alone is in float32); bfloat16 vectors stay within cosine 0.9999
+of float32 ones (tests/embeddings/test_esm_encoder.py).
 
 Only the ESM-2 architecture is supported (rotary positions, no layer norm before the first layer,
 encoder only); another ``model_type: esm`` checkpoint (ESM-1b) is refused with a clear error.
@@ -24,6 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bacflow.core.errors import InputError
+from bacflow.embeddings.packing import TokenLayout, packed_by_default, rotary_tables, rotate
 
 if TYPE_CHECKING:
     import torch
@@ -36,9 +44,10 @@ _MASK_RATIO_TRAIN = 0.15 * 0.8
 
 class EsmEncoder:
     """``EsmModel.last_hidden_state`` of padded token batches, from the model's weights (not copied,
-    except query/key/value, concatenated), on the model's device and in its dtype."""
+    except query/key/value, concatenated), on the model's device and in its dtype. `packed` (default: on
+    CUDA) computes on the real tokens only (`bacflow.embeddings.packing`)."""
 
-    def __init__(self, model: EsmModel):
+    def __init__(self, model: EsmModel, *, packed: bool | None = None):
         import torch
 
         config = model.config
@@ -55,6 +64,7 @@ class EsmEncoder:
         self.mask_id = config.mask_token_id
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self.packed = packed_by_default(self.device) if packed is None else packed
         self.word_embeddings = model.embeddings.word_embeddings.weight.detach()
 
         scale = self.head_width**-0.5
@@ -77,48 +87,40 @@ class EsmEncoder:
                 )
             final = model.encoder.emb_layer_norm_after
             self.final_norm = (final.weight, final.bias)
-            # transformers turns query and key in float32 with cos/sin tables rounded to the model's
-            # dtype; the same here, so that bfloat16 runs match theirs too.
-            angles = torch.outer(
-                torch.arange(config.max_position_embeddings, dtype=torch.float32),
-                model.rotary_embeddings.inv_freq.float().cpu(),
+            # In the model's dtype, as transformers rounds them; they turn query and key in that dtype too
+            # (transformers does it in float32: bfloat16 vectors move by a few ulps, see the tests).
+            self.cos, self.sin = rotary_tables(
+                model.rotary_embeddings.inv_freq, config.max_position_embeddings, self.dtype, self.device
             )
-            self.cos = angles.cos().to(self.dtype).float().to(self.device)
-            self.sin = angles.sin().to(self.dtype).float().to(self.device)
 
     def __call__(self, input_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Last hidden states, (batch, positions, hidden), of `input_ids` (batch, positions) whose real
-        tokens are where the boolean `real` (batch, positions) is true, the rest padding; both on the
-        model's device."""
+        tokens are where the boolean `real` (batch, positions) is true, the rest padding (zeros when
+        packed); both on the model's device."""
         import torch
         import torch.nn.functional as F
 
-        batch, positions = input_ids.shape
-        width, half = self.hidden_size, self.head_width // 2
+        layout = TokenLayout(real, self.packed)
+        rows, width, heads = layout.rows, self.hidden_size, self.heads
 
-        x = self.word_embeddings[input_ids]
+        # What each token's embedding is multiplied by: 0 for padding and, with token dropout, <mask>.
+        factor = real.to(torch.float32)
         if self.token_dropout:
             masked = input_ids == self.mask_id
-            observed = masked.sum(-1).float() / real.sum(-1)
-            x = x.masked_fill(masked[..., None], 0.0)
-            x = (x * (1 - _MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]).to(self.dtype)
-        x = (x * real[..., None]).view(batch * positions, width)
+            observed = masked.sum(-1) / real.sum(-1)
+            factor = factor.masked_fill(masked, 0.0) * ((1 - _MASK_RATIO_TRAIN) / (1 - observed))[:, None]
+        x = (self.word_embeddings[layout.pack(input_ids)] * layout.pack(factor)[:, None]).to(self.dtype)
 
-        cos = self.cos[:positions, None, None, :]  # broadcast over (query/key, head)
-        sin = self.sin[:positions, None, None, :]
-        attend = real[:, None, None, :]
+        cos, sin = layout.positional(self.cos), layout.positional(self.sin)
         for layer in self.layers:
             h = F.layer_norm(x, (width,), *layer["norm1"], self.eps)
-            qkv = F.linear(h, *layer["qkv"]).view(batch, positions, 3, self.heads, self.head_width)
-            first, second = qkv[:, :, :2].float().split(half, dim=-1)
-            query_key = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1).to(self.dtype)
-            query, key = (part.transpose(1, 2) for part in query_key.unbind(2))
-            value = qkv[:, :, 2].transpose(1, 2)
-            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attend, scale=1.0)
-            residual(x, attended.transpose(1, 2).reshape(batch * positions, width), *layer["out"])
+            qkv = F.linear(h, *layer["qkv"]).view(rows, 3, heads, self.head_width)
+            query, key = (part.view(rows, heads, -1) for part in rotate(layout.grid(qkv[:, :2]), cos, sin))
+            attended = layout.attend(query, key, qkv[:, 2], scale=1.0)
+            residual(x, attended, *layer["out"])
             h = F.layer_norm(x, (width,), *layer["norm2"], self.eps)
             residual(x, F.gelu(F.linear(h, *layer["up"])), *layer["down"])
-        return F.layer_norm(x, (width,), *self.final_norm, self.eps).view(batch, positions, width)
+        return layout.unpack(F.layer_norm(x, (width,), *self.final_norm, self.eps))
 
 
 def residual(stream: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:

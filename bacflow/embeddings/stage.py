@@ -162,7 +162,7 @@ def embed_bucket(
 
     torch.set_num_threads(threads)
     sequences = read_bucket(bucket_path, bucket, n_buckets)
-    device, dtype = choose_device(settings.dtype)
+    device, dtype, dtype_reason = choose_device(settings.dtype)
     source = resolve_model(model, revision)
     recipe = EmbeddingRecipe(
         model=source.label,
@@ -190,6 +190,7 @@ def embed_bucket(
         "bacflow.embedding_device": (
             f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
         ),
+        "bacflow.embedding_dtype": f"{dtype} ({dtype_reason})",
     }
 
     hashes = sequences.column("seq_hash").combine_chunks()

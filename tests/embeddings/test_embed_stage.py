@@ -24,10 +24,12 @@ import torch
 from transformers import EsmTokenizer
 
 from bacflow.core.errors import InputError
+from bacflow.core.models import CPU_BF16_ENV
 from bacflow.core.seqhash import seq_hash
 from bacflow.embeddings.embedder import PROBE_SEQUENCE, Embedder
 from bacflow.embeddings.encoders import load_encoder
 from bacflow.embeddings.esm_encoder import EsmEncoder
+from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard, pending_shards
 from bacflow.proteins.unique import gather_bucket, shard_unique
 from conftest import needs_shared
@@ -408,3 +410,21 @@ def test_bucket_jobs_write_rows_only_for_shards_to_gather_and_gathers_read_the_s
         store_root=tmp_path / "store",
     )
     assert pq.read_table(again).equals(first["shards"]["00000"])
+
+
+def test_dtype_auto_on_a_cpu_with_native_bfloat16_shares_the_store_of_bfloat16_gpu_jobs(
+    cohort, tiny_esm: Path, tmp_path: Path, model_inputs, monkeypatch: pytest.MonkeyPatch
+):
+    """dtype auto is bfloat16 on such a CPU, as on a GPU (tests/embeddings/test_esm_model.py), and the device
+    is not part of the recipe: a job with bfloat16 set (what a GPU job resolves auto to) reuses every vector."""
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    auto = run_stage(cohort, tmp_path / "auto", tiny_esm, tmp_path / "store", 2, replace(SETTINGS, dtype="auto"))
+    store_part = next((tmp_path / "store").rglob("*.parquet"))
+    metadata = {key.decode(): value.decode() for key, value in pq.read_schema(store_part).metadata.items()}
+    assert json.loads(metadata[RECIPE])["dtype"] == "bfloat16"
+    assert metadata["bacflow.embedding_dtype"] == f"bfloat16 (auto: CPU with native bfloat16 ({CPU_BF16_ENV}=1))"
+    assert all("cpu" not in str(value) for value in json.loads(metadata[RECIPE]).values())
+    model_inputs.clear()
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    named = run_stage(cohort, tmp_path / "named", tiny_esm, tmp_path / "store", 2, replace(SETTINGS, dtype="bfloat16"))
+    assert model_inputs == [] and named["counts"][0]["recipe"] == auto["counts"][0]["recipe"]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 from bacflow.core.errors import InputError
-from bacflow.core.models import choose_device, folder_checksum, resolve_model
+from bacflow.core.models import CPU_BF16_ENV, choose_device, folder_checksum, resolve_model
 from bacflow.embeddings.esm_model import load_esm
 from bacflow.embeddings.recipe import EmbeddingRecipe
 from bacflow.embeddings.tiny import ESM2_VOCAB, build_esm2
@@ -152,9 +152,39 @@ def test_embeds_on_the_gpu_with_the_most_free_memory(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_bytes))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (free_bytes[index], 80 << 30))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
-    assert choose_device(requested) == (torch.device("cuda", 1), expected)
+    device, dtype, _ = choose_device(requested)
+    assert (device, dtype) == (torch.device("cuda", 1), expected)
 
 
-def test_embeds_on_the_cpu_in_float32_without_a_gpu(monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize(
+    ("flags", "expected", "why"),
+    [
+        ({"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}, "bfloat16", "AMX-BF16"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16", "AVX512-BF16"),
+        ({"avx2", "avx512f"}, "float32", "without native bfloat16"),
+    ],
+)
+def test_dtype_auto_on_the_cpu_is_bfloat16_only_with_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], expected: str, why: str
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert choose_device("auto") == (torch.device("cpu"), "float32")
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr("bacflow.core.models._cpu_flags", lambda: flags)
+    device, dtype, reason = choose_device("auto")
+    assert (device, dtype) == (torch.device("cpu"), expected) and why in reason
+    assert choose_device("float32")[1] == "float32"
+
+
+def test_the_cpu_bfloat16_detection_reads_this_machine_and_yields_to_the_override(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native = " amx_bf16" in flags or " avx512_bf16" in flags
+    assert choose_device("auto")[1] == ("bfloat16" if native else "float32")
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert choose_device("auto")[1:] == ("bfloat16", f"auto: CPU with native bfloat16 ({CPU_BF16_ENV}=1)")
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert choose_device("auto")[1] == "float32"
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(InputError, match=CPU_BF16_ENV):
+        choose_device("auto")
