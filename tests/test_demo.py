@@ -192,3 +192,23 @@ def test_model_sources_plan_their_jobs_and_name_their_results(tmp_path: Path):
         planned = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
         assert {rule: planned.get(rule, 0) for rule in jobs} == jobs, planned
         assert f"results/bacformer/{name}/genomes.parquet" in output
+
+
+def test_the_large_demo_overlay_plans_esmc_and_bacformer_large_beside_the_base_demo(tmp_path: Path):
+    """`--configfile config/demo.yaml config/demo-large.yaml` (the README's Large demo) plans every target with the
+    tiny ESM-C and tiny Bacformer Large, in the base demo's outdir but in folders of their own."""
+    write_demo_sheet(tmp_path / "samples.tsv")
+    args = demo_args(tmp_path)
+    args.insert(args.index("--config"), str(REPO / "config" / "demo-large.yaml"))
+    output = snakemake(tmp_path, "--dry-run", "all", "pretrain", *args).stdout
+    planned = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output, re.MULTILINE)}
+    assert planned["esm_tiny_model"] == planned["bacformer_tiny_model"] == planned["pretrain_train"] == 1
+    for path in (
+        "results/models/esmc-tiny",
+        "results/models/bacformer-large-tiny",
+        "results/embeddings/esmc/shards/shard=00000.parquet",
+        "results/bacformer/tiny-random-large/genomes.parquet",
+        "results/pretrain/bacformer-large/model",
+    ):
+        assert path in output, path
+    assert "esm2" not in output and "tiny-random/" not in output
