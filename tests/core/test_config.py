@@ -13,4 +13,13 @@ def test_text_values_mean_what_they_mean_in_a_config_file():
     assert config["strict"] is True and config["families"]["vocab_size"] == 5
     # Keys that take text keep it, and defaults are filled in.
     assert config["outdir"] == "1" and config["families"]["vocab"] == "7"
-    assert config["families"]["method"] == "linclust" and config["pretrain"]["model"]["num_hidden_layers"] == 12
+    assert config["families"]["method"] == "linclust" and config["pretrain"]["family"] == "auto"
+    # A key without a default stays out (pretrain.model's: the run plan takes the family's published values).
+    assert config["pretrain"]["model"] == {}
+
+
+def test_tiny_model_takes_a_family_or_a_boolean():
+    for text, value in (("true", True), ("false", False), ("large", "large"), ("base", "base")):
+        config = {"samples": "s.tsv", "outdir": "o", "bacformer": {"tiny_model": text}}
+        check_config(config)
+        assert config["bacformer"]["tiny_model"] == value
