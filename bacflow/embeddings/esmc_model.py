@@ -120,9 +120,12 @@ class ESMCEncoder:
     dtype, no concatenation); attention is `TokenLayout.attend`; each residual branch accumulates into the
     stream inside its output matrix product, its division by sqrt(layers / 36) done there too
     (`bacflow.embeddings.esm_encoder.residual`); SwiGLU is ``F.silu`` times the linear half, in place. A
-    layer is 4 matrix products, attention and 9 element-wise kernels (4 layer norms, 2 × 3 rotary for query
-    and key, SiLU, its product) with no cast: in bfloat16 every kernel and the residual stream are bfloat16,
-    as in ``ESMCModel`` (and ESM-C's own code), whose q_ln/k_ln and rotary embedding are bfloat16 too.
+    layer is 4 matrix products, attention and 12 element-wise kernels (4 layer norms, 2 × 3 rotary for query
+    and key, SiLU, its product) against 20 in ``ESMCModel`` (torch profiler), with no cast: in bfloat16 every
+    kernel and the residual stream are bfloat16, as in ``ESMCModel`` (and ESM-C's own code), whose q_ln/k_ln
+    and rotary embedding are bfloat16 too. Float32 on a CPU is bound by the matrix products, which are the
+    same: there both are equally fast (bench/results/esmc_throughput.md); the gain is where matrix products
+    are fast (GPUs, CPUs with native bfloat16), and packed batches spend no FLOPs on padding.
     """
 
     def __init__(self, model: ESMCModel, *, packed: bool | None = None):
