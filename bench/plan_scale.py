@@ -7,9 +7,10 @@ For each size, a synthetic sample sheet of N genomes (each row names one of thre
 with pyrodigal: planning reads the sheet and checks that every file is readable, but opens none) and a
 fresh, empty working directory; then, from the repository root,
 ``snakemake all --dry-run --profile slurm`` with the tiny models (``tiny_model: true``: a hub model id
-would need the network), ``shard_size: 100`` and the size's bucket count. Taken for each run:
+would need the network), the size's shard size (default 100) and bucket count. Taken for each run:
 
-* wall time of the whole command (Python start-up, parsing, the run plan, the DAG, printing the jobs);
+* wall time of the whole command (Python start-up, parsing, the run plan, the DAG, printing the jobs), and
+  its CPU time (user + system), which other work on a shared machine inflates less than the wall time;
 * peak resident memory of the command (``wait4``'s ``ru_maxrss``);
 * the jobs it plans (Snakemake's job-stats total);
 * the run plan alone (``bacflow.plan.make_plan``, i.e. reading and checking the sheet), timed in a
@@ -49,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "plan_scale"
 RESULTS = REPO / "bench" / "results"
-SHARD_SIZE = 100
+SHARD_SIZE = 100  #: the default, unless a size names its own
 GENOMES = [
     str(Path(str(files("pyrodigal").joinpath("tests", "data", name))))
     for name in (
@@ -66,32 +67,33 @@ def write_sheet(path: Path, genomes: int) -> None:
         handle.writelines(f"g{index:07d}\t{GENOMES[index % len(GENOMES)]}\t11\tdraft\n" for index in range(genomes))
 
 
-def config_args(sheet: Path, buckets: int) -> list[str]:
+def config_args(sheet: Path, buckets: int, shard_size: int) -> list[str]:
     tiny = WORK / "tiny_models.yaml"
     tiny.write_text("embeddings:\n  tiny_model: true\nbacformer:\n  tiny_model: true\n")
     return [
         *("--configfile", str(REPO / "config" / "config.yaml"), str(tiny)),
-        *("--config", f"samples={sheet}", f"shard_size={SHARD_SIZE}", f"buckets={buckets}"),
+        *("--config", f"samples={sheet}", f"shard_size={shard_size}", f"buckets={buckets}"),
     ]
 
 
-def timed(command: list[str], log: Path) -> tuple[float, float, int]:
-    """(wall s, peak RSS MiB, exit status) of `command`, its output to `log`."""
+def timed(command: list[str], log: Path) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS MiB, exit status) of `command`, its output to `log`."""
     start = time.monotonic()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
         _, status, usage = os.wait4(process.pid, 0)
-    return time.monotonic() - start, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return time.monotonic() - start, cpu, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
 
 
-def measure(genomes: int, buckets: int, profile: bool) -> dict:
+def measure(genomes: int, buckets: int, shard_size: int, profile: bool) -> dict:
     sheet = WORK / f"samples_{genomes}.tsv"
     if not sheet.exists():
         write_sheet(sheet, genomes)
-    workdir = WORK / f"run_{genomes}"
+    workdir = WORK / f"run_{genomes}_{buckets}_{shard_size}"
     subprocess.run(["rm", "-rf", str(workdir)], check=True)
     workdir.mkdir(parents=True)
-    config = config_args(sheet, buckets)
+    config = config_args(sheet, buckets, shard_size)
 
     plan_code = (
         "import sys, time, yaml; from snakemake.cli import parse_config; from bacflow.plan import make_plan\n"
@@ -111,25 +113,26 @@ def measure(genomes: int, buckets: int, profile: bool) -> dict:
         ).stdout.split()[0]
     )
 
-    log = WORK / f"dry_run_{genomes}.log"
+    log = WORK / f"dry_run_{genomes}_{buckets}_{shard_size}.log"
     command = [
         *(sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")),
         *("--directory", str(workdir), "--cores", "2", "--dry-run", "all"),
         *(["--profile", "slurm"] if profile else []),
         *config,
     ]
-    wall, rss, status = timed(command, log)
+    wall, cpu, rss, status = timed(command, log)
     output = log.read_text()
     if status != 0:
         raise SystemExit(f"dry run of {genomes} genomes failed (exit {status}); see {log}:\n{output[-3000:]}")
     total = re.search(r"^total\s+(\d+)$", output, re.MULTILINE)
     row = {
         "genomes": genomes,
-        "shard_size": SHARD_SIZE,
+        "shard_size": shard_size,
         "buckets": buckets,
-        "shards": -(-genomes // SHARD_SIZE),
+        "shards": -(-genomes // shard_size),
         "jobs": int(total.group(1)) if total else None,
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
         "peak_rss_mib": round(rss),
         "plan_s": round(plan_s, 1),
         "profile": "slurm" if profile else "none (local executor)",
@@ -164,7 +167,7 @@ def write_markdown(results: dict) -> None:
     lines = [
         "# Planning at cohort scale",
         "",
-        "A dry run of `all` (`snakemake all --dry-run --profile slurm`, tiny models, `shard_size: 100`) on a",
+        "A dry run of `all` (`snakemake all --dry-run --profile slurm`, tiny models) on a",
         "synthetic sheet of N genomes, from a fresh working directory: wall time and peak resident memory of the",
         "whole command, the jobs it plans, and the run plan alone (`make_plan`: reading and checking the sheet).",
         "Goal (issue 15): planning grows linearly, 1,000,000 genomes in at most 3 minutes and 2 GB.",
@@ -182,13 +185,15 @@ def write_markdown(results: dict) -> None:
             f"Machine: {info['cpu_model']}, {info['nproc']} CPUs (shared with other work), {info['memory_gib']} GiB,"
             f" bf16 {'yes' if info['bf16'] else 'no'}; Python {info['python']}, Snakemake {info['snakemake']}.",
             "",
-            "| genomes | shards | buckets | jobs | dry run wall s | peak RSS MiB | run plan s | load after |",
-            "|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| genomes | shard_size | shards | buckets | jobs | wall s | CPU s | peak RSS MiB | run plan s | load |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in run["rows"]:
             lines.append(
-                f"| {row['genomes']:,} | {row['shards']:,} | {row['buckets']} | {row['jobs']:,} | {row['wall_s']} "
-                f"| {row['peak_rss_mib']:,} | {row['plan_s']} | {', '.join(map(str, row['load_average']))} |"
+                f"| {row['genomes']:,} | {row['shard_size']} | {row['shards']:,} | {row['buckets']} | {row['jobs']:,} "
+                f"| {row['wall_s']} "
+                f"| {row.get('cpu_s', '-')} | {row['peak_rss_mib']:,} | {row['plan_s']} "
+                f"| {', '.join(map(str, row['load_average']))} |"
             )
         lines.append("")
     (RESULTS / "plan_scale.md").write_text("\n".join(lines))
@@ -201,8 +206,8 @@ def main() -> None:
     parser.add_argument(
         "--sizes",
         nargs="+",
-        default=["10000:16", "100000:16", "1000000:64"],
-        help="GENOMES:BUCKETS pairs (default: the sizing docs/scale.md recommends for each)",
+        default=["10000:16", "100000:16", "1000000:64", "1000000:256:500"],
+        help=f"GENOMES:BUCKETS or GENOMES:BUCKETS:SHARD_SIZE (default shard size {SHARD_SIZE})",
     )
     parser.add_argument("--no-profile", action="store_true", help="plan without --profile slurm")
     args = parser.parse_args()
@@ -211,8 +216,8 @@ def main() -> None:
     print(json.dumps(info), flush=True)
     rows = []
     for size in args.sizes:
-        genomes, buckets = (int(part) for part in size.split(":"))
-        rows.append(measure(genomes, buckets, not args.no_profile))
+        genomes, buckets, shard_size = (int(part) for part in f"{size}:{SHARD_SIZE}".split(":")[:3])
+        rows.append(measure(genomes, buckets, shard_size, not args.no_profile))
     path = RESULTS / "plan_scale.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[args.label] = {
