@@ -14,7 +14,7 @@ import csv
 import functools
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,31 +44,21 @@ class Sample:
 def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) -> list[Sample]:
     """Read and validate a sample sheet; the first problem found raises one `InputError` naming its line."""
     sheet = Path(sheet)
-    try:
-        # utf-8-sig: spreadsheet programs on Windows start the file with a byte-order mark, which would
-        # otherwise become part of the first column's name.
-        with open(sheet, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter="," if sheet.suffix == ".csv" else "\t")
-            # Blank lines are skipped, so each row keeps its own line number: messages must name the
-            # line the user sees in an editor.
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    except OSError as error:
-        raise InputError(f"{sheet}: cannot read the sample sheet ({error.strerror})") from None
-    if not rows:
+    rows = _sheet_rows(sheet)
+    header_line, header = next(rows, (0, None))
+    if header is None:
         raise InputError(f"{sheet}: the sample sheet is empty")
-    header_line, header = rows[0][0], [cell.strip() for cell in rows[0][1]]
+    header = [cell.strip() for cell in header]
     for required in ("genome_id", "path"):
         if required not in header:
             raise InputError(
                 f"{sheet}, line {header_line} (header): no '{required}' column (columns: {', '.join(header)})"
             )
-    if len(rows) == 1:
-        raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
     schema = load_schema(schema_path)
     schema["properties"]["genetic_code"]["enum"] = list(GENETIC_CODES)
     check_row = _row_checker(schema)
     samples, first_line_of, folder = [], {}, str(sheet.parent)
-    for line, row in rows[1:]:
+    for line, row in rows:
         if len(row) != len(header):
             raise InputError(f"{sheet}, line {line}: {len(row)} columns where the header has {len(header)}")
         record: dict[str, Any] = {
@@ -98,7 +88,26 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
                 split=record.get("split"),
             )
         )
+    if not samples:
+        raise InputError(f"{sheet}: the sample sheet has a header but no genomes")
     return samples
+
+
+def _sheet_rows(sheet: Path) -> Iterator[tuple[int, list[str]]]:
+    """The sheet's rows that are not blank, with their line numbers, read one by one: a sheet of a million
+    genomes is never held whole beside its samples."""
+    try:
+        # utf-8-sig: spreadsheet programs on Windows start the file with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(sheet, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter="," if sheet.suffix == ".csv" else "\t")
+            # Blank lines are skipped, so each row keeps its own line number: messages must name the
+            # line the user sees in an editor.
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    yield reader.line_num, row
+    except OSError as error:
+        raise InputError(f"{sheet}: cannot read the sample sheet ({error.strerror})") from None
 
 
 _COLUMNS = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split")
