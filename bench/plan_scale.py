@@ -188,13 +188,11 @@ def write_markdown(results: dict) -> None:
             "| genomes | shard_size | shards | buckets | jobs | wall s | CPU s | peak RSS MiB | run plan s | load |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
+        columns = ("genomes", "shard_size", "shards", "buckets", "jobs", "wall_s", "cpu_s", "peak_rss_mib", "plan_s")
         for row in run["rows"]:
-            lines.append(
-                f"| {row['genomes']:,} | {row['shard_size']} | {row['shards']:,} | {row['buckets']} | {row['jobs']:,} "
-                f"| {row['wall_s']} "
-                f"| {row.get('cpu_s', '-')} | {row['peak_rss_mib']:,} | {row['plan_s']} "
-                f"| {', '.join(map(str, row['load_average']))} |"
-            )
+            # A run that did not finish keeps a note in its cells instead of numbers.
+            cells = [f"{row[key]:,}" if isinstance(row.get(key), int) else str(row.get(key, "-")) for key in columns]
+            lines.append(f"| {' | '.join(cells)} | {', '.join(map(str, row['load_average']))} |")
         lines.append("")
     (RESULTS / "plan_scale.md").write_text("\n".join(lines))
 
