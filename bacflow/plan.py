@@ -99,6 +99,12 @@ class RunPlan:
         return [str(self.outdir / "unique" / f"bucket={bucket}.parquet") for bucket in self.buckets]
 
     @property
+    def unique_manifest(self) -> Path:
+        """Lists every shard's distinct-sequence table: the one input that stands for them all in each bucket
+        job (see `bacflow.core.manifest`), so that the DAG has shards + buckets edges, not their product."""
+        return self.outdir / "unique" / "shards.json"
+
+    @property
     def vocab_files(self) -> list[str]:
         """The frozen vocabulary's files (inputs of the assignment job); none when this cohort is clustered."""
         return [str(Path(self.family_vocab) / name) for name in VOCAB_FILES] if self.family_vocab else []
@@ -106,6 +112,16 @@ class RunPlan:
     @property
     def embedding_shards(self) -> list[str]:
         return self.shard_files(self.embeddings / "shards" / "shard={shard}.parquet")
+
+    @property
+    def embedding_buckets(self) -> list[str]:
+        """The bucket jobs' folders (of this run's encoder)."""
+        return [str(self.embeddings / "buckets" / f"bucket={bucket}") for bucket in self.buckets]
+
+    @property
+    def embedding_manifest(self) -> Path:
+        """Lists the bucket folders: the one input that stands for them all in each gather job."""
+        return self.embeddings / "buckets.json"
 
     @property
     def bacformer_params(self) -> dict[str, Any]:
@@ -126,7 +142,8 @@ class RunPlan:
 
     def shard_members(self, shard: str) -> list[dict[str, Any]]:
         """The genomes of a shard as plain dicts (the proteins job's params: new members re-run it)."""
-        return [dataclasses.asdict(sample) for sample in self.shards[shard]]
+        # vars, not dataclasses.asdict (which deep-copies): called for every shard while planning.
+        return [dict(vars(sample)) for sample in self.shards[shard]]
 
     def shard_genome_files(self, shard: str) -> list[str]:
         return [path for sample in self.shards[shard] for path in (sample.path, sample.gff) if path]

@@ -12,9 +12,10 @@ translations in ``../shared/data``, as ``bench/esm_throughput.py`` reads them) a
   longest, truncation to 1,024 tokens; its pairwise attention mask (padding masked as queries and as keys,
   an additive float mask); ``torch.no_grad``; mean of the last hidden state over the attention mask;
 * ``bacflow``: ``bacflow.embeddings.embedder.Embedder`` with the encoder ``load_encoder`` gives for the same
-  folder (`bacflow.embeddings.modeling_esmc.ESMCModel`: key-padding boolean mask), batches longest first
-  under the token budget (``--token-budget``, default the config's ``cpu_token_budget``),
-  ``torch.inference_mode``.
+  folder (`bacflow.embeddings.esmc_model.ESMCEncoder`, the lean forward pass over
+  `bacflow.embeddings.modeling_esmc.ESMCModel`'s weights: key-padding boolean mask, padded batches, the
+  CPU's default), batches longest first under the token budget (``--token-budget``, default the config's
+  ``cpu_token_budget``), ``torch.inference_mode``.
 
 Both in float32, on the same random weights (speed does not depend on the weights) of the geometry
 ``--geometry`` (default ``l6_w320``: 6 layers, width 320, 5 heads of 64, SwiGLU 1,024 wide: ESM-C's blocks

@@ -72,19 +72,17 @@ def bacformer_model_files(wildcards):
     return [] if revision else [model]
 
 
-def gather_bucket_folders(wildcards):
-    """The bucket folders, as inputs of a shard's gather job.
+def gather_bucket_manifest(wildcards):
+    """The bucket folders' manifest, as the input of a shard's gather job.
 
     Bucket jobs re-run for every new genome, and a gathered shard that is still current must not re-run
     with them: it depends on them by existence alone (`ancient`); a change of model or settings re-runs it
     through its params. But Snakemake never looks again at a job below an `ancient` input whose job
-    re-runs, so a shard whose outputs are missing depends on the folders as usual.
+    re-runs, so a shard whose outputs are missing depends on the manifest as usual.
     """
-    folders = [
-        str(PLAN.embeddings / "buckets" / f"bucket={bucket}") for bucket in PLAN.buckets
-    ]
     outputs = [
         PLAN.embeddings / folder / f"shard={wildcards.shard}.parquet"
         for folder in ("shards", "qc")
     ]
-    return ancient(folders) if all(path.exists() for path in outputs) else folders
+    manifest = PLAN.embedding_manifest
+    return ancient(manifest) if all(path.exists() for path in outputs) else manifest

@@ -21,10 +21,7 @@ rule esm_tiny_model:
 rule embed_bucket:
     input:
         bucket=PLAN.outdir / "unique" / "bucket={bucket}.parquet",
-        shards=expand(
-            PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
-            shard=PLAN.shards,
-        ),
+        shards=PLAN.unique_manifest,
         model=esm_model_files,
     output:
         directory(PLAN.embeddings / "buckets" / "bucket={bucket}"),
@@ -40,9 +37,8 @@ rule embed_bucket:
         mem_mb=lambda wildcards, attempt: PLAN.esm["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: PLAN.esm["runtime"] * attempt,
     params:
-        shards=list(PLAN.shards),
-        # Which shards get rows: those whose gathered vectors are missing or out of date.
-        gathered=PLAN.embedding_shards,
+        # Which shards get rows: those whose gathered vectors (in this folder) are missing or out of date.
+        gathered=str(PLAN.embeddings / "shards"),
         buckets=config["buckets"],
         model=lambda wildcards: esm_model()[0],
         revision=lambda wildcards: esm_model()[1],
@@ -54,10 +50,32 @@ rule embed_bucket:
         "../scripts/embed_bucket.py"
 
 
+# Every gather needs every bucket folder: one manifest stands for them all (as unique_index does).
+rule embed_index:
+    input:
+        PLAN.embedding_buckets,
+    output:
+        PLAN.embedding_manifest,
+    log:
+        PLAN.outdir / "logs" / "embed_index.log",
+    benchmark:
+        PLAN.outdir / "benchmarks" / "embed_index.tsv"
+    localrule: True
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        ids=PLAN.buckets,
+    script:
+        "../scripts/manifest.py"
+
+
 rule embed_gather:
     input:
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
-        buckets=gather_bucket_folders,
+        buckets=gather_bucket_manifest,
         model=esm_model_files,
     output:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",

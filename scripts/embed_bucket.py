@@ -1,14 +1,19 @@
+from pathlib import Path
+
 from bacflow.core.logs import logging_to
+from bacflow.core.manifest import read_manifest
 from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
 
 with logging_to(snakemake.log[0]) as log:
+    shards = read_manifest(snakemake.input.shards)
+    gathered = Path(snakemake.params.gathered)
     # checkpoint_sequences comes from the config, not params: it changes no vector, so it must not re-run jobs.
     checkpoint = snakemake.config["embeddings"]["checkpoint_sequences"]
     counts = embed_bucket(
         snakemake.input.bucket,
-        dict(zip(snakemake.params.shards, snakemake.input.shards, strict=False)),
+        shards,
         snakemake.output[0],
-        gathered_paths=dict(zip(snakemake.params.shards, snakemake.params.gathered, strict=False)),
+        gathered_paths={shard: gathered / f"shard={shard}.parquet" for shard in shards},
         bucket=int(snakemake.wildcards.bucket),
         n_buckets=snakemake.params.buckets,
         model=snakemake.params.model,

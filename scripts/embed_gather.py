@@ -1,11 +1,12 @@
 from bacflow.core.logs import logging_to
+from bacflow.core.manifest import read_manifest
 from bacflow.embeddings.stage import gather_shard
 
 with logging_to(snakemake.log[0]) as log:
     shard = snakemake.wildcards.shard
     count = gather_shard(
         snakemake.input.proteins,
-        snakemake.input.buckets,
+        read_manifest(snakemake.input.buckets).values(),
         shard,
         snakemake.output.vectors,
         snakemake.output.qc,

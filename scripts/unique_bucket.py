@@ -1,7 +1,8 @@
 from bacflow.core.logs import logging_to
+from bacflow.core.manifest import read_manifest
 from bacflow.proteins.unique import gather_bucket
 
 with logging_to(snakemake.log[0]) as log:
     bucket = int(snakemake.wildcards.bucket)
-    count = gather_bucket(snakemake.input, bucket, snakemake.output[0])
+    count = gather_bucket(read_manifest(snakemake.input[0]).values(), bucket, snakemake.output[0])
     log.info("bucket %04d: %d distinct sequences", bucket, count)

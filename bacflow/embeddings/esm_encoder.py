@@ -123,7 +123,16 @@ class EsmEncoder:
         return layout.unpack(F.layer_norm(x, (width,), *self.final_norm, self.eps))
 
 
-def residual(stream: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """stream += linear(inputs): the matrix product accumulates into the residual stream itself, saving
-    two passes over it (inference only: autograd needs the stream as it was)."""
-    stream.addmm_(inputs, weight.t()).add_(bias)
+def residual(
+    stream: torch.Tensor,
+    inputs: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: float = 1.0,
+) -> None:
+    """stream += scale × linear(inputs): the matrix product accumulates into the residual stream itself,
+    the scale applied inside it, saving two passes over the stream and one over the product (inference
+    only: autograd needs the stream as it was)."""
+    stream.addmm_(inputs, weight.t(), alpha=scale)
+    if bias is not None:
+        stream.add_(bias, alpha=scale)

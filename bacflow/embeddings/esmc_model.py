@@ -109,15 +109,89 @@ def load_esmc(path: str | Path, device: torch.device, dtype: torch.dtype) -> tup
 
 
 class ESMCEncoder:
-    """The ESM-C model's last hidden state of padded token batches, with `EsmEncoder`'s interface."""
+    """`ESMCModel`'s last hidden state of padded token batches, with `EsmEncoder`'s interface, computed from
+    the model's weights (not copied) on its device and in its dtype; `packed` (default: on CUDA) computes on
+    the real tokens only (`bacflow.embeddings.packing`).
 
-    def __init__(self, model: ESMCModel):
-        self.model = model
-        self.hidden_size = model.config.hidden_size
+    The same operations as ``ESMCModel.forward`` up to the order of some additions (tests/embeddings/
+    test_esmc.py holds it to 1e-5 in float32 on real proteins), in fewer passes, as `EsmEncoder` does for
+    ESM-2: query, key and value stay views of the one projection's output (q_ln and k_ln read them there);
+    the rotary embedding is `bacflow.embeddings.packing.rotate` (three element-wise passes in the model's
+    dtype, no concatenation); attention is `TokenLayout.attend`; each residual branch accumulates into the
+    stream inside its output matrix product, its division by sqrt(layers / 36) done there too
+    (`bacflow.embeddings.esm_encoder.residual`); SwiGLU is ``F.silu`` times the linear half, in place. A
+    layer is 4 matrix products, attention and 12 element-wise kernels (4 layer norms, 2 × 3 rotary for query
+    and key, SiLU, its product) against 20 in ``ESMCModel`` (torch profiler), with no cast: in bfloat16 every
+    kernel and the residual stream are bfloat16, as in ``ESMCModel`` (and ESM-C's own code), whose q_ln/k_ln
+    and rotary embedding are bfloat16 too. Float32 on a CPU is bound by the matrix products, which are the
+    same: there both are equally fast (bench/results/esmc_throughput.md); the gain is where matrix products
+    are fast (GPUs, CPUs with native bfloat16), and packed batches spend no FLOPs on padding.
+    """
+
+    def __init__(self, model: ESMCModel, *, packed: bool | None = None):
+        from bacflow.embeddings.packing import packed_by_default
+
+        config = model.config
+        self.hidden_size = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.head_width = config.hidden_size // config.num_attention_heads
         self.device = model.device
         self.dtype = model.dtype
+        self.packed = packed_by_default(self.device) if packed is None else packed
+        self.embed = model.embed.weight.detach()
+        self.layers = []
+        for block in model.transformer.blocks:
+            norm, up, _, down = block.ffn
+            self.layers.append(
+                {
+                    "norm1": block.attn.layernorm_qkv[0],
+                    "qkv": block.attn.layernorm_qkv[1].weight,
+                    "q_ln": block.attn.q_ln,
+                    "k_ln": block.attn.k_ln,
+                    "out": block.attn.out_proj.weight,
+                    "norm2": norm,
+                    "up": up.weight,
+                    "down": down.weight,
+                    "scale": 1 / block.residual_scale,
+                }
+            )
+        self.final_norm = model.transformer.norm
 
     def __call__(self, input_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Last hidden states (batch, positions, hidden) of `input_ids` whose real tokens are where `real` is
-        true, the rest padding (masked out of attention)."""
-        return self.model(input_ids, attention_mask=real).last_hidden_state
+        """Last hidden states, (batch, positions, hidden), of `input_ids` (batch, positions) whose real
+        tokens are where the boolean `real` (batch, positions) is true, the rest padding (zeros when
+        packed); both on the model's device."""
+        import torch.nn.functional as F
+
+        from bacflow.embeddings.esm_encoder import residual
+        from bacflow.embeddings.modeling_esmc import rotary_tables
+        from bacflow.embeddings.packing import TokenLayout, rotate
+
+        layout = TokenLayout(real, self.packed)
+        rows, width, heads, half = layout.rows, self.hidden_size, self.heads, self.head_width // 2
+        x = self.embed[layout.pack(input_ids)]
+        # ESMCModel's float32 tables rounded to the model's dtype; their halves are equal (rotate-half), and
+        # `rotate` takes one.
+        cos, sin = (
+            layout.positional(table[:, :half].to(self.dtype))
+            for table in rotary_tables(self.head_width, layout.positions, self.device)
+        )
+
+        def turned(part: torch.Tensor) -> torch.Tensor:
+            """(rows, width) queries or keys, normalised, with rotary positions, as (rows, heads, head width)."""
+            return rotate(layout.grid(part.view(rows, 1, heads, -1)), cos, sin).view(rows, heads, -1)
+
+        def norm(inputs: torch.Tensor, layer_norm: torch.nn.LayerNorm) -> torch.Tensor:
+            return F.layer_norm(inputs, (width,), layer_norm.weight, layer_norm.bias, layer_norm.eps)
+
+        for layer in self.layers:
+            qkv = F.linear(norm(x, layer["norm1"]), layer["qkv"])
+            query = turned(norm(qkv[:, :width], layer["q_ln"]))
+            key = turned(norm(qkv[:, width : 2 * width], layer["k_ln"]))
+            value = qkv[:, 2 * width :].view(rows, heads, -1)
+            residual(
+                x, layout.attend(query, key, value, scale=self.head_width**-0.5), layer["out"], scale=layer["scale"]
+            )
+            gate, linear = F.linear(norm(x, layer["norm2"]), layer["up"]).chunk(2, dim=-1)
+            residual(x, F.silu(gate).mul_(linear), layer["down"], scale=layer["scale"])
+        return layout.unpack(norm(x, self.final_norm))
