@@ -141,12 +141,11 @@ class RunPlan:
         return {split: self.shard_files(self.pretrain_data / split / "part-{shard}.parquet") for split in SPLITS}
 
     def shard_members(self, shard: str) -> list[dict[str, Any]]:
-        """The genomes of a shard as plain dicts (the proteins job's params: new members re-run it)."""
+        """The genomes of a shard as plain dicts: the proteins job's params, so that new members, or a member's
+        file changed or replaced (its `Sample.stamp`), re-run it. The files are not the job's inputs: Snakemake
+        would make, keep and stat an object for each (see docs/scale.md, Planning)."""
         # vars, not dataclasses.asdict (which deep-copies): called for every shard while planning.
         return [dict(vars(sample)) for sample in self.shards[shard]]
-
-    def shard_genome_files(self, shard: str) -> list[str]:
-        return [path for sample in self.shards[shard] for path in (sample.path, sample.gff) if path]
 
     def annotation_config(self) -> dict[str, Any]:
         """The config keys that change the proteins stage's output."""

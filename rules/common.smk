@@ -30,12 +30,8 @@ wildcard_constraints:
 
 
 def shard_members(wildcards):
-    """A change of a shard's members re-runs it (params trigger)."""
+    """A change of a shard's members, or of their files, re-runs it (params trigger)."""
     return PLAN.shard_members(wildcards.shard)
-
-
-def shard_genome_files(wildcards):
-    return PLAN.shard_genome_files(wildcards.shard)
 
 
 def print_quarantine_summary():

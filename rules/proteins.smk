@@ -1,6 +1,5 @@
+# The genome files are no inputs: the members' params hold each file's size and mtime (see shard_members).
 rule proteins_shard:
-    input:
-        shard_genome_files,
     output:
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
         qc=PLAN.outdir / "qc" / "shards" / "shard={shard}.parquet",

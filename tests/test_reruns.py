@@ -114,6 +114,50 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
         assert "Cdiphtheriae_100kb" not in set(pq.read_table(dataset).column("genome_id").to_pylist()), dataset
 
 
+def test_a_changed_or_replaced_genome_file_reruns_its_shard_alone(tmp_path: Path):
+    """Genome files are no Snakemake inputs (planning a million would cost minutes): the proteins job's params
+    hold each file's size and mtime, so touching or replacing a file re-runs its shard and no other."""
+    for _, name, _ in GENOMES[:3]:
+        shutil.copy(PYRODIGAL_DATA / name, tmp_path / name)
+    sheet = tmp_path / "three.tsv"
+    sheet.write_text("genome_id\tpath\tkind\n" + "".join(f"{gid}\t{name}\tmag\n" for gid, name, _ in GENOMES[:3]))
+    args = ["--config", f"samples={sheet}", "outdir=results", "shard_size=1", "--", "proteins"]
+    snakemake(tmp_path, *args)
+    shards = [tmp_path / "results" / "proteins" / f"shard=0000{shard}" / "part-0.parquet" for shard in range(3)]
+    written = [path.stat().st_mtime_ns for path in shards]
+    assert planned_jobs(tmp_path, *args) == {}
+
+    # Touched (a new mtime, same bytes): its shard re-runs, with the same proteins.
+    touched = tmp_path / GENOMES[1][1]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    assert planned_jobs(tmp_path, *args).get("proteins_shard") == 1
+    before = pq.read_table(shards[1])
+    snakemake(tmp_path, *args)
+    assert pq.read_table(shards[1]).equals(before)
+    assert [path.stat().st_mtime_ns for path in shards[::2]] == written[::2]
+
+    # Replaced by another genome, its mtime set back to before the outputs (an mtime input trigger would
+    # miss it): its shard re-runs and gets the new genome's proteins; nothing else changes or is lost.
+    replaced = tmp_path / GENOMES[0][1]
+    shutil.copy(tmp_path / GENOMES[2][1], replaced)
+    os.utime(replaced, ns=(written[0] - 10**9, written[0] - 10**9))
+    assert planned_jobs(tmp_path, *args).get("proteins_shard") == 1
+    snakemake(tmp_path, *args)
+    assert pq.read_table(shards[0]).column("sequence").equals(pq.read_table(shards[2]).column("sequence"))
+    assert shards[2].stat().st_mtime_ns == written[2] and pq.read_table(shards[1]).equals(before)
+    qc = pq.read_table(tmp_path / "results" / "qc" / "genomes.parquet")
+    assert sorted(qc.column("genome_id").to_pylist()) == sorted(genome[0] for genome in GENOMES[:3])
+    assert planned_jobs(tmp_path, *args) == {}
+
+    # A file gone fails planning, naming its row.
+    touched.unlink()
+    result = snakemake(tmp_path, "--dry-run", *args, check=False)
+    assert (
+        result.returncode != 0
+        and "line 3 (genome_id 'KK037166'), column 'path': file not found" in result.stdout + result.stderr
+    )
+
+
 @pytest.mark.slow
 def test_a_shard_of_quarantined_genomes_flows_through_every_stage(tmp_path: Path):
     """With one genome per shard, each bad genome makes a shard without proteins: it still gets vectors,

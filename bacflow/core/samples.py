@@ -39,6 +39,9 @@ class Sample:
     kind: str
     group: str
     split: str | None
+    #: (size, mtime_ns) of `path`, then of `gff`, as the sheet check found them: the proteins job's params
+    #: hold them, so that a changed or replaced file re-runs its shard without being a Snakemake input.
+    stamp: tuple[int, ...] = ()
 
 
 def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) -> list[Sample]:
@@ -74,9 +77,13 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
         if record["genome_id"] in first_line_of:
             raise InputError(f"{where}, column 'genome_id': duplicate of line {first_line_of[record['genome_id']]}")
         first_line_of[record["genome_id"]] = line
+        stamp: tuple[int, ...] = ()
         for column in ("path", "gff"):
             if column in record:
-                record[column] = _readable(os.path.join(folder, record[column]), f"{where}, column '{column}'")
+                record[column], file_stamp = _readable(
+                    os.path.join(folder, record[column]), f"{where}, column '{column}'"
+                )
+                stamp += file_stamp
         samples.append(
             Sample(
                 genome_id=record["genome_id"],
@@ -86,6 +93,7 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
                 kind=record["kind"],
                 group=record.get("group", record["genome_id"]),
                 split=record.get("split"),
+                stamp=stamp,
             )
         )
     if not samples:
@@ -144,20 +152,21 @@ def _row_checker(schema: dict[str, Any]) -> Callable[[dict[str, Any]], jsonschem
     return check
 
 
-def _readable(path: str, where: str) -> str:
-    """`path`, normalised, if it is a readable file (one stat: planning checks every genome's files)."""
+def _readable(path: str, where: str) -> tuple[str, tuple[int, int]]:
+    """`path`, normalised, and its (size, mtime_ns), if it is a readable file (one stat: planning checks every
+    genome's files)."""
     path = os.path.normpath(path)
     try:
-        mode: int | None = os.stat(path).st_mode
+        info: os.stat_result | None = os.stat(path)
     except OSError:
-        mode = None
-    if mode is not None and stat.S_ISDIR(mode):
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
         raise InputError(f"{where}: a folder, not a file: {path}")
-    if mode is None or not stat.S_ISREG(mode):
+    if info is None or not stat.S_ISREG(info.st_mode):
         raise InputError(f"{where}: file not found: {path}")
     if not os.access(path, os.R_OK):
         raise InputError(f"{where}: file not readable: {path}")
-    return path
+    return path, (info.st_size, info.st_mtime_ns)
 
 
 def assign_shards(samples: list[Sample], shard_size: int) -> dict[str, list[Sample]]:

@@ -134,6 +134,7 @@ def test_defaults_are_filled(tmp_path: Path):
             kind="draft",
             group="SRR492066",
             split=None,
+            stamp=(SMALL_GENOME.stat().st_size, SMALL_GENOME.stat().st_mtime_ns),
         )
     ]
 
@@ -149,6 +150,7 @@ def test_every_column_is_read(tmp_path: Path):
             kind="mag",
             group="SRR492066",
             split="train",
+            stamp=(SMALL_GENOME.stat().st_size, SMALL_GENOME.stat().st_mtime_ns),
         )
     ]
 
@@ -181,6 +183,10 @@ def test_relative_paths_are_taken_from_the_sheet_folder(
     monkeypatch.chdir(genomes)  # anywhere but the sheet's folder
     (sample,) = read_samples(sheet)
     assert (sample.genome_id, sample.path, sample.gff) == ("SRR492066", str(genome), str(gff))
+    # Both files' size and mtime, the genome's first: a change of either re-runs the genome's shard.
+    assert sample.stamp == tuple(
+        value for path in (genome, gff) for value in (path.stat().st_size, path.stat().st_mtime_ns)
+    )
 
 
 def samples_named(count: int, prefix: str = "genome") -> list[Sample]:
