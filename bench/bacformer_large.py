@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,24 +49,11 @@ from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig, Bac
 from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome  # noqa: E402
 from bacflow.core.models import choose_device  # noqa: E402
 from bench.bacformer import REFERENCE_PYTHON, contigs_of, synthetic_cohort, timed, write_shard  # noqa: E402
+from bench.machine import machine_info, machine_markdown  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "bacformer_large"
 RESULTS = REPO / "bench" / "results"
 WIDTH, HEADS = 960, 15  # the published Large's (ESM-C 300M's) width and heads
-
-
-def cpu_description() -> dict[str, str | bool]:
-    """The CPU model and whether it has native bf16 arithmetic (AVX512-BF16 or AMX), from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu_model": model, "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
 
 
 def reference_forward(args: argparse.Namespace, model_folder: Path, genomes: list) -> dict:
@@ -144,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
             row[f"vs_reference_{kind}"], row[f"vs_reference_{kind}_rounds"] = statistics.median(ratios), ratios
         rows.append(row)
     return {
-        **cpu_description(),
+        "machine": machine_info(),
         "device": str(device),
         "dtype": dtype,
         "threads": args.threads,
@@ -164,9 +150,9 @@ def write_report(args: argparse.Namespace, result: dict) -> None:
         "",
         f"Command: `python bench/bacformer_large.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Machine: {platform.platform()}, CPU `{result['cpu_model']}` (native bf16: "
-        f"{'yes' if result['cpu_bf16'] else 'no'}), {os.cpu_count()} CPUs; torch {torch.__version__}; "
-        f"{result['device']}, {result['dtype']}, {result['threads']} thread(s).",
+        machine_markdown(result["machine"]),
+        "",
+        f"Run on {result['device']} in {result['dtype']}, {result['threads']} thread(s).",
         "",
         f"{result['genomes']} synthetic genomes, {result['proteins']:,} proteins (at most {args.max_proteins} each), "
         f"a random Bacformer Large of width {WIDTH}, {HEADS} heads and {result['layers']} layers (published: 30); "
@@ -206,8 +192,6 @@ def main() -> None:
     parser.add_argument("--reference-python", default=str(REFERENCE_PYTHON))
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    description = cpu_description()
-    print(f"CPU: {description['cpu_model']}; native bf16: {description['cpu_bf16']}", flush=True)
     result = run(args)
     write_report(args, result)
     print((RESULTS / "bacformer_large.md").read_text())

@@ -52,8 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from esm_throughput import load_proteins, reference_order
-from machine import machine_markdown
-from proteins_throughput import machine
+from machine import machine_info, machine_markdown
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
@@ -175,7 +174,7 @@ def main() -> None:
     model_path = REPO / "bench" / "work" / "esmc" / f"esmc-{args.geometry}-random"
     if not (model_path / "model.safetensors").exists():
         build_esmc(model_path, geometry=args.geometry)
-    host = machine()
+    host = machine_info(seconds=2.0)
     print(machine_markdown(host), flush=True)
     result = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
@@ -248,7 +247,7 @@ def report(result: dict) -> str:
         "",
         "Made by `bench/esmc_throughput.py` (its docstring says what is measured and how).",
         "",
-        f"Command: `{result['command']}` ({result['date']}, commit {host.get('git', {}).get('commit', '?')[:12]})",
+        f"Command: `{result['command']}` ({result['date']})",
         "",
         machine_markdown(host),
         "",

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
+
+from machine import machine_info, machine_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "plan_scale"
@@ -143,21 +144,14 @@ def measure(genomes: int, buckets: int, shard_size: int, profile: bool) -> dict:
 
 
 def machine() -> dict:
-    cpu, flags = "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and cpu == "unknown":
-            cpu = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
+    """bench/machine.py's report (no model runs here: it tells machines apart), with what planning depends on."""
+    info = machine_info(seconds=0.5)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return {
-        "cpu_model": cpu,
+        **info,
         "nproc": os.cpu_count(),
-        # No model runs here; printed as every bench does, to tell machines apart.
-        "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "bf16": info["bf16"]["native"] != "none",
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
         "snakemake": version("snakemake"),
         "commit": commit.stdout.strip(),
     }
@@ -185,6 +179,8 @@ def write_markdown(results: dict) -> None:
             f"Machine: {info['cpu_model']}, {info['nproc']} CPUs (shared with other work), {info['memory_gib']} GiB,"
             f" bf16 {'yes' if info['bf16'] else 'no'}; Python {info['python']}, Snakemake {info['snakemake']}.",
             "",
+            # Runs recorded before bench/machine.py existed have only the line above.
+            *([machine_markdown(info), ""] if "cpu_matmul_gflop_per_s" in info else []),
             "| genomes | shard_size | shards | buckets | jobs | wall s | CPU s | peak RSS MiB | run plan s | load |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]

@@ -24,8 +24,9 @@ PACKAGE_OF_IMPORT = {
     "Bio": {"biopython"},
     "yaml": {"pyyaml"},
     "torch": {"pytorch", "pytorch-gpu"},
-    # A dependency of transformers, which bounds its version; an env that has transformers has it.
+    # Dependencies of transformers, which bounds their versions; an env that has transformers has them.
     "huggingface_hub": {"huggingface_hub", "transformers"},
+    "tokenizers": {"tokenizers", "transformers"},
     "sklearn": {"scikit-learn"},
 }
 # Executables that rules run (in `shell:` or from the package through subprocess), by conda package.

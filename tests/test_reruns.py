@@ -6,6 +6,7 @@ shard of quarantined genomes flows through every stage, and the README's command
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -181,10 +182,12 @@ def test_a_shard_of_quarantined_genomes_flows_through_every_stage(tmp_path: Path
     keys = ("bacflow.embedding_recipe_key", "bacflow.embedding_recipe")
     assert all(empty.schema.metadata[key.encode()] == full.schema.metadata[key.encode()] for key in keys)
 
-    # A run that fails later still prints the summary, with the genome ids.
+    # A run that fails later still prints the summary, with the genome ids: a base Bacformer as wide as the
+    # tiny ESM-2's vectors plans, and its job fails on the weights.
     broken = tmp_path / "broken-bacformer"
     broken.mkdir()
-    (broken / "config.json").write_text("{}")
+    config = {"model_type": "bacformer", "architectures": ["BacformerForMaskedGM"], "hidden_size": 48}
+    (broken / "config.json").write_text(json.dumps(config))
     (broken / "model.safetensors").write_bytes(b"not weights")
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump({"bacformer": {"model": str(broken), "tiny_model": False}}))
     args = run_args(tmp_path, sheet, "results", configfiles=(tmp_path / "broken.yaml",))

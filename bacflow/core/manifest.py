@@ -5,12 +5,14 @@ every gather job every bucket folder) would otherwise list them all as inputs: b
 which is what made planning a million genomes take many minutes. Instead one job per stage takes the
 stage's outputs and writes a manifest of them (id -> path), and the jobs that need them all take that one
 file: shards + buckets edges. The manifest is rewritten whenever one of its files is, so a job below it
-re-runs as it would have with all the files as inputs.
+re-runs as it would have with all the files as inputs. It holds paths relative to its own folder, so that it
+(like every output) does not depend on where the outdir is.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,16 +22,19 @@ from bacflow.core.tables import atomic_path
 
 def write_manifest(files: Mapping[str, str | Path], path: str | Path) -> None:
     """Write `files` (id -> path) to `path`, atomically."""
+    folder = Path(path).parent
+    relative = {key: os.path.relpath(value, folder) for key, value in files.items()}
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps({key: str(value) for key, value in files.items()}, indent=1) + "\n")
+        temporary.write_text(json.dumps(relative, indent=1) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict[str, str]:
-    """The files (id -> path) a manifest lists, in its order."""
+    """The files (id -> path) a manifest lists, in its order, as paths from where `path` is given from."""
     try:
         files = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise InputError(f"manifest {path}: unreadable ({error}); rerun the job that writes it") from None
     if not isinstance(files, dict) or not all(isinstance(value, str) for value in files.values()):
         raise InputError(f"manifest {path}: not a mapping of ids to paths; rerun the job that writes it")
-    return files
+    folder = Path(path).parent
+    return {key: os.path.normpath(folder / value) for key, value in files.items()}

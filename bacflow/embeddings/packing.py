@@ -20,15 +20,23 @@ models also use `rotary_tables` and `rotate`.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-#: FlashAttention 2's variable-length kernel: used for packed batches on a GPU when the package is installed.
-HAVE_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+@functools.cache
+def flash_attn_varlen() -> Callable[..., torch.Tensor] | None:
+    """FlashAttention 2's variable-length kernel, used for packed batches on a GPU; None where it is not installed."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
 
 
 def packed_by_default(device: torch.device) -> bool:
@@ -94,13 +102,10 @@ class TokenLayout:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
             # The fused kernels lay their output out as (batch, positions, heads, width): a view, no copy.
             return out.transpose(1, 2).reshape(rows, heads * width)
-        if HAVE_FLASH_ATTN and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
-            from flash_attn import flash_attn_varlen_func
-
+        kernel = flash_attn_varlen() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
+        if kernel is not None:
             offsets = self.offsets.to(torch.int32)
-            out = flash_attn_varlen_func(
-                query, key, value, offsets, offsets, self.longest, self.longest, softmax_scale=scale
-            )
+            out = kernel(query, key, value, offsets, offsets, self.longest, self.longest, softmax_scale=scale)
             return out.reshape(rows, heads * width)
         return self._nested_attention(query, key, value, scale).reshape(rows, heads * width)
 
