@@ -61,13 +61,9 @@ class GenomeTokens:
         return len(self.kinds)
 
 
-def genome_tokens(
-    protein_embeddings: Sequence[ArrayLike],
-    max_n_contigs: int = MAX_N_CONTIGS,
-    sep_token_id: int = INFERENCE_SEP_TOKEN_ID,
-) -> GenomeTokens:
-    """Tokens of a genome given as contigs (each a sequence of protein vectors) in order, or as one flat
-    sequence of protein vectors (one contig), as the reference's builder accepts them."""
+def as_contigs(protein_embeddings: Sequence[ArrayLike]) -> list[np.ndarray]:
+    """A genome given as contigs (each a sequence of protein vectors) or as one flat sequence of protein vectors
+    (one contig), as the reference's builders accept it: float32 (proteins, width) arrays, one per contig."""
     if len(protein_embeddings) == 0:
         raise ValueError("a genome needs at least one contig")
     first = np.asarray(protein_embeddings[0], dtype=np.float32)
@@ -78,9 +74,20 @@ def genome_tokens(
     if len(dims) != 1:
         raise ValueError(f"protein vectors must all have one size, got sizes {sorted(dims)} (none: no proteins)")
     (dim,) = dims
+    return [contig.reshape(-1, dim) for contig in contigs]
+
+
+def genome_tokens(
+    protein_embeddings: Sequence[ArrayLike],
+    max_n_contigs: int = MAX_N_CONTIGS,
+    sep_token_id: int = INFERENCE_SEP_TOKEN_ID,
+) -> GenomeTokens:
+    """Tokens of a genome given as contigs (each a sequence of protein vectors) in order, or as one flat
+    sequence of protein vectors (one contig), as the reference's builder accepts them."""
+    contigs = as_contigs(protein_embeddings)
+    dim = contigs[0].shape[1]
     embeddings, kinds, token_types = [], [], []
-    for index, contig in enumerate(contigs):
-        contig = contig.reshape(-1, dim)  # an empty contig still gets its separator
+    for index, contig in enumerate(contigs):  # an empty contig still gets its separator
         # The reference's off-by-one cap, kept: index max_n_contigs passes unchanged.
         contig_type = max_n_contigs - 1 if index > max_n_contigs else index
         embeddings += [contig, np.zeros((1, dim), np.float32)]
@@ -101,17 +108,7 @@ def large_genome_tokens(
     ``contig_ids``: each protein's contig id (default: the index of its contig in the list, as the reference
     numbers them). Ids are capped at ``max_n_contigs - 1``; ``end_token_type`` is unused (there is no END).
     """
-    if len(protein_embeddings) == 0:
-        raise ValueError("a genome needs at least one contig")
-    first = np.asarray(protein_embeddings[0], dtype=np.float32)
-    if first.ndim == 1 and first.size > 0:  # a flat sequence of protein vectors: one contig
-        protein_embeddings = [protein_embeddings]
-    contigs = [np.asarray(contig, dtype=np.float32) for contig in protein_embeddings]
-    dims = {contig.shape[-1] for contig in contigs if contig.size > 0}
-    if len(dims) != 1:
-        raise ValueError(f"protein vectors must all have one size, got sizes {sorted(dims)} (none: no proteins)")
-    (dim,) = dims
-    contigs = [contig.reshape(-1, dim) for contig in contigs]
+    contigs = as_contigs(protein_embeddings)
     if contig_ids is None:
         ids = np.concatenate([np.full(len(contig), index, np.int64) for index, contig in enumerate(contigs)])
     else:

@@ -46,6 +46,9 @@ from transformers.utils import can_return_tuple
 from bacflow.bacformer.constants import IGNORE_INDEX, MAX_N_CONTIGS, MAX_N_PROTEINS, SPECIAL_TOKENS
 from bacflow.bacformer.modeling_bacformer import BacformerOutput, genome_modelling_loss, raise_on_nan
 
+# The reference's Large is ESM-C's block (its RotaryEmbedding formula, its SwiGLU width), so the same code.
+from bacflow.embeddings.modeling_esmc import rotary_half_tables, swiglu_width
+
 
 class BacformerLargeConfig(PretrainedConfig):
     """The reference's ``BacformerLargeConfig``: same keys and defaults (the published geometry: 30 layers,
@@ -107,19 +110,6 @@ class BacformerLargeConfig(PretrainedConfig):
         self.return_attn_weights = return_attn_weights
         self.gradient_checkpointing = gradient_checkpointing
         self.problem_type = problem_type
-
-
-def swiglu_hidden_size(hidden_size: int) -> int:
-    """The feed-forward width: 8/3 of the hidden size rounded up to a multiple of 256 (2560 for 960)."""
-    return int((8 / 3 * hidden_size + 255) // 256 * 256)
-
-
-def rotate_half_tables(head_dim: int, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE ``cos`` and ``sin`` of ``t * 10000^(-2j/head_dim)`` for positions 0..seq_len-1, (seq_len, head_dim // 2),
-    fp32: the reference's (ESM-C's) ``RotaryEmbedding`` formula before its cast to the model's dtype."""
-    inv_freq = 1 / (10000.0 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
 
 
 def apply_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -194,7 +184,7 @@ class BacformerLargeLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: BacformerLargeConfig) -> None:
         super().__init__()
-        width, ffn = config.hidden_size, swiglu_hidden_size(config.hidden_size)
+        width, ffn = config.hidden_size, swiglu_width(config.hidden_size)
         self.norm = nn.LayerNorm(width, bias=False)
         self.attn = BacformerLargeAttention(config)
         self.ffn = nn.Sequential(
@@ -273,7 +263,7 @@ class BacformerLargeModel(BacformerLargePreTrainedModel):
             )
         hidden = self.embeddings(protein_embeddings, contig_ids, mlm_mask)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
-        cos, sin = rotate_half_tables(head_dim, hidden.shape[1], hidden.device)
+        cos, sin = rotary_half_tables(head_dim, hidden.shape[1], hidden.device)
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for layer in self.encoder.layers:
             hidden = layer(hidden, cos, sin, key_mask)

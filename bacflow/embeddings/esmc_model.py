@@ -164,17 +164,16 @@ class ESMCEncoder:
         import torch.nn.functional as F
 
         from bacflow.embeddings.esm_encoder import residual
-        from bacflow.embeddings.modeling_esmc import rotary_tables
+        from bacflow.embeddings.modeling_esmc import rotary_half_tables
         from bacflow.embeddings.packing import TokenLayout, rotate
 
         layout = TokenLayout(real, self.packed)
-        rows, width, heads, half = layout.rows, self.hidden_size, self.heads, self.head_width // 2
+        rows, width, heads = layout.rows, self.hidden_size, self.heads
         x = self.embed[layout.pack(input_ids)]
-        # ESMCModel's float32 tables rounded to the model's dtype; their halves are equal (rotate-half), and
-        # `rotate` takes one.
+        # ESMCModel's float32 tables rounded to the model's dtype, one half (`rotate` takes one: rotate-half).
         cos, sin = (
-            layout.positional(table[:, :half].to(self.dtype))
-            for table in rotary_tables(self.head_width, layout.positions, self.device)
+            layout.positional(table.to(self.dtype))
+            for table in rotary_half_tables(self.head_width, layout.positions, self.device)
         )
 
         def turned(part: torch.Tensor) -> torch.Tensor:

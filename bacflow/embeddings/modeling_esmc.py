@@ -78,12 +78,17 @@ def swiglu_width(hidden_size: int) -> int:
     return int((8 / 3 * hidden_size + 255) // 256 * 256)
 
 
-def rotary_tables(head_dim: int, positions: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of ``t * 10000^(-2j/head_dim)``, (positions, head_dim): the half tables written twice, as
-    rotate-half pairs dimension j with j + head_dim/2. Float32, as ESM-C computes them."""
+def rotary_half_tables(head_dim: int, positions: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``t * 10000^(-2j/head_dim)`` for positions 0..positions-1, (positions, head_dim // 2),
+    float32, as ESM-C (and Bacformer Large, its geometry) computes them."""
     inv_freq = 1 / (10000.0 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(positions, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)
+    return angles.cos(), angles.sin()
+
+
+def rotary_tables(head_dim: int, positions: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The half tables written twice, (positions, head_dim), as rotate-half pairs dimension j with j + head_dim/2."""
+    return tuple(table.repeat(1, 2) for table in rotary_half_tables(head_dim, positions, device))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

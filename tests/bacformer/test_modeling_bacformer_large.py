@@ -27,8 +27,8 @@ from bacflow.bacformer.modeling_bacformer_large import (
     BacformerLargeForMaskedGM,
     BacformerLargeModel,
     apply_rotate_half,
-    rotate_half_tables,
 )
+from bacflow.embeddings.modeling_esmc import rotary_half_tables
 from bacformer_helpers import TINY_LARGE, max_abs_diff, randomize, run_reference, tiny_config, tiny_large_config
 
 PARITY_TOLERANCE = 1e-5
@@ -111,7 +111,7 @@ def test_norm_eps_are_the_references() -> None:
 
 def test_rotary_turns_dimension_j_with_j_plus_half_the_head() -> None:
     # head_dim 4: inv_freq = (1, 0.01); dims (0, 2) and (1, 3) are the two rotated pairs (rotate-half, not LLaMA's).
-    cos, sin = rotate_half_tables(4, 2, torch.device("cpu"))
+    cos, sin = rotary_half_tables(4, 2, torch.device("cpu"))
     x = torch.tensor([1.0, 1.0, 0.0, 0.0]).expand(1, 2, 1, 4)  # (batch, seq, heads, head_dim)
     rotated = apply_rotate_half(x, cos, sin)
     expected = torch.tensor([math.cos(1), math.cos(0.01), math.sin(1), math.sin(0.01)])
