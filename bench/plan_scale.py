@@ -150,11 +150,16 @@ def machine() -> dict:
     return {
         **info,
         "nproc": os.cpu_count(),
-        "bf16": info["bf16"]["native"] != "none",
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
         "snakemake": version("snakemake"),
         "commit": commit.stdout.strip(),
     }
+
+
+def bf16_native(info: dict) -> str:
+    """The CPU's native bf16, from machine_info's report (runs recorded before it kept only yes or no)."""
+    bf16 = info["bf16"]
+    return bf16["native"] if isinstance(bf16, dict) else ("yes" if bf16 else "no")
 
 
 def write_markdown(results: dict) -> None:
@@ -176,11 +181,11 @@ def write_markdown(results: dict) -> None:
             "",
             f"{run['date']}, commit {info['commit']}. {run.get('note', '')}".rstrip(),
             "",
-            f"Machine: {info['cpu_model']}, {info['nproc']} CPUs (shared with other work), {info['memory_gib']} GiB,"
-            f" bf16 {'yes' if info['bf16'] else 'no'}; Python {info['python']}, Snakemake {info['snakemake']}.",
+            f"Machine: {info['cpu_model']}, {info['nproc']} CPUs, {info['memory_gib']} GiB, bf16 {bf16_native(info)};"
+            f" Python {info['python']}, Snakemake {info['snakemake']}.",
             "",
             # Runs recorded before bench/machine.py existed have only the line above.
-            *([machine_markdown(info), ""] if "cpu_matmul_gflop_per_s" in info else []),
+            *([machine_markdown(info).rstrip(), ""] if isinstance(info["bf16"], dict) else []),
             "| genomes | shard_size | shards | buckets | jobs | wall s | CPU s | peak RSS MiB | run plan s | load |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]

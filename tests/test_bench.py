@@ -95,6 +95,26 @@ def test_every_benchmark_reports_the_machine():
         assert "machine_info(" in text and "machine_markdown(" in text, script.name
 
 
+def test_plan_scale_reports_the_machine_of_each_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The planning benchmark's page shows each run's machine, also beside runs recorded before bench/machine.py."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    plan_scale = bench_module("plan_scale")
+    monkeypatch.setattr(plan_scale, "RESULTS", tmp_path)
+    row = {"genomes": 10, "shard_size": 5, "shards": 2, "buckets": 2, "jobs": 23, "wall_s": 3.0, "cpu_s": 2.9}
+    row |= {"peak_rss_mib": 200, "plan_s": 0.1, "load_average": [0.5, 0.4, 0.3]}
+    old = {"cpu_model": "Old CPU", "nproc": 2, "memory_gib": 24, "bf16": False, "python": "3.11", "snakemake": "9"}
+    runs = {
+        "old": {"date": "2026-12-01", "machine": old | {"commit": "a"}, "rows": [row]},
+        "new": {"date": "2026-12-06", "machine": plan_scale.machine(), "rows": [row]},
+    }
+    plan_scale.write_markdown(runs)
+    text = (tmp_path / "plan_scale.md").read_text()
+    assert "Machine: Old CPU, 2 CPUs, 24 GiB, bf16 no;" in text
+    new_part = text.split("## new")[1]
+    assert f"bf16 {runs['new']['machine']['bf16']['native']};" in new_part and "GFLOP/s" in new_part
+    assert text.count("| 10 | 5 | 2 | 2 | 23 | 3.0 | 2.9 | 200 | 0.1 | 0.5, 0.4, 0.3 |") == 2
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     output = tmp_path_factory.mktemp("gpu_check")
