@@ -140,12 +140,11 @@ class RunPlan:
     def pretrain_parts(self) -> dict[str, list[str]]:
         return {split: self.shard_files(self.pretrain_data / split / "part-{shard}.parquet") for split in SPLITS}
 
-    def shard_members(self, shard: str) -> list[dict[str, Any]]:
-        """The genomes of a shard as plain dicts: the proteins job's params, so that new members, or a member's
-        file changed or replaced (its `Sample.stamp`), re-run it. The files are not the job's inputs: Snakemake
-        would make, keep and stat an object for each (see docs/scale.md, Planning)."""
-        # vars, not dataclasses.asdict (which deep-copies): called for every shard while planning.
-        return [dict(vars(sample)) for sample in self.shards[shard]]
+    def shard_members(self, shard: str) -> tuple[Sample, ...]:
+        """The genomes of a shard: the proteins job's params, so that new members, or a member's file changed or
+        replaced (its `Sample.stamp`), re-run it (Snakemake compares their repr). The files are not the job's
+        inputs: Snakemake would make, keep and stat an object for each (see docs/scale.md, Planning)."""
+        return tuple(self.shards[shard])
 
     def annotation_config(self) -> dict[str, Any]:
         """The config keys that change the proteins stage's output."""

@@ -39,8 +39,8 @@ rule bacformer_shard:
         mem_mb=lambda wildcards, attempt: PLAN.bacformer["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: PLAN.bacformer["runtime"] * attempt,
     params:
-        model=lambda wildcards: bacformer_model()[0],
-        revision=lambda wildcards: bacformer_model()[1],
+        # (model, revision): one function per job, not two (each costs planning time for every shard).
+        model=lambda wildcards: bacformer_model(),
         name=PLAN.bacformer_name,
         settings=PLAN.bacformer_params,
     script:

@@ -44,7 +44,7 @@ rule embed_bucket:
         revision=lambda wildcards: esm_model()[1],
         # Not derived from the outputs: a store may be shared by runs (it must be on a shared
         # filesystem for cluster runs, like the results).
-        store=lambda wildcards: str(PLAN.embedding_store),
+        store=str(PLAN.embedding_store),
         settings=PLAN.embedding_settings,
     script:
         "../scripts/embed_bucket.py"
@@ -92,7 +92,7 @@ rule embed_gather:
     params:
         model=lambda wildcards: esm_model(),
         settings=PLAN.embedding_settings,
-        store=lambda wildcards: str(PLAN.embedding_store),
+        store=str(PLAN.embedding_store),
     script:
         "../scripts/embed_gather.py"
 

@@ -41,9 +41,9 @@ def test_shards_buckets_and_folders(tmp_path: Path):
     assert plan.embedding_store == Path("out/embeddings") and plan.families == Path("out/families/families.parquet")
     # Each member carries its file's size and mtime, so that a changed file re-runs its shard (params trigger).
     (member,) = plan.shard_members("00002")
-    assert member["genome_id"] == "g4"
+    assert member.genome_id == "g4"
     genome = PYRODIGAL_DATA / GENOMES[4 % 3]
-    assert member["path"] == str(genome) and member["stamp"] == (genome.stat().st_size, genome.stat().st_mtime_ns)
+    assert member.path == str(genome) and member.stamp == (genome.stat().st_size, genome.stat().st_mtime_ns)
     assert plan.pretrain_parts["val"] == [f"out/pretrain/bacformer/data/val/part-0000{s}.parquet" for s in range(3)]
     # Defaults were filled in, and only settings that change vectors are the embedding jobs' params.
     assert plan.config["gene_calling"]["min_gene"] == 90

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ _NAMED_GENOMES = 10
 
 
 def proteins_shard(
-    members: Iterable[dict[str, Any]],
+    members: Sequence[Sample],
     config: dict[str, Any],
     shard: str,
     proteins_path: str | Path,
@@ -30,7 +30,7 @@ def proteins_shard(
     threads: int = 1,
 ) -> None:
     """Annotate one shard and write its protein table and QC table (nothing at all if `strict` fails)."""
-    samples = [Sample(**member) for member in members]
+    samples = list(members)
     params = AnnotationParams.from_config(config)
     log.info("shard %s: %d genomes, %d threads, %s", shard, len(samples), threads, params)
     proteins, qc = annotate_shard(samples, params, shard, threads)

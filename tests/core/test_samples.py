@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from bacflow.core.errors import InputError
-from bacflow.core.samples import Sample, assign_shards, read_samples
+from bacflow.core.samples import Sample, assign_shards, read_samples, value_check
+from bacflow.core.schemas import SAMPLES_SCHEMA, load_schema
 from conftest import PYRODIGAL_DATA, SMALL_GENOME, make_sample
 
 HEADER = ("genome_id", "path", "gff", "genetic_code", "kind", "group", "split")
@@ -97,6 +99,33 @@ def test_unreadable_path_names_its_line_and_column(tmp_path: Path):
     sheet = write_sheet(tmp_path / "samples.tsv", [GOOD_ROW, with_cell(OTHER_GENOME, "path", "locked.fna")])
     with pytest.raises(InputError, match=r"line 3 .*column 'path': file not readable"):
         read_samples(sheet)
+
+
+def test_a_duplicate_names_both_lines(tmp_path: Path):
+    """The first line of a duplicated genome_id is found again, blank lines counted, only for the message."""
+    rows = [OTHER_GENOME, GOOD_ROW, ("",) * len(HEADER), GOOD_ROW]
+    with pytest.raises(
+        InputError, match=r", line 5 \(genome_id 'SRR492066'\), column 'genome_id': duplicate of line 3$"
+    ):
+        read_samples(write_sheet(tmp_path / "samples.tsv", rows))
+
+
+@pytest.mark.parametrize(
+    "subschema",
+    [
+        *load_schema(SAMPLES_SCHEMA)["properties"].values(),
+        {"type": "integer", "enum": [4, 11]},
+        {"pattern": "^a"},  # a pattern holds for strings only
+        {"type": "string", "minLength": 2},  # not plain: left to jsonschema
+    ],
+    ids=lambda subschema: "-".join(key for key in subschema if key != "description"),
+)
+def test_value_checks_agree_with_jsonschema(subschema: dict):
+    values = ["", "a", "ab", "A.1-b_c", "_x", "x y", "../x", "a" * 128, "a" * 129, "draft", "mag", "Draft", "train"]
+    values += [0, 4, 11, 25, True, False, "11", None, 1.5]
+    plain = value_check(subschema)
+    validator = jsonschema.Draft202012Validator(subschema)
+    assert [plain(value) for value in values] == [validator.is_valid(value) for value in values]
 
 
 def test_blank_lines_do_not_shift_line_numbers(tmp_path: Path):
