@@ -3,6 +3,9 @@ rule proteins_shard:
     output:
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
         qc=PLAN.outdir / "qc" / "shards" / "shard={shard}.parquet",
+        # The shard's distinct sequences, for the bucket jobs (rules/unique.smk): made here, not by a job of
+        # their own, as a second job per shard would add a quarter to the planning of a million genomes.
+        unique=PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
     log:
         PLAN.outdir / "logs" / "proteins" / "{shard}.log",
     benchmark:

@@ -1,23 +1,3 @@
-rule unique_shard:
-    input:
-        PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
-    output:
-        PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
-    log:
-        PLAN.outdir / "logs" / "unique_shard" / "{shard}.log",
-    benchmark:
-        PLAN.outdir / "benchmarks" / "unique_shard" / "{shard}.tsv"
-    conda:
-        "../envs/annotate.yaml"
-    resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 20 * attempt,
-    params:
-        buckets=config["buckets"],
-    script:
-        "../scripts/unique_shard.py"
-
-
 # Every bucket needs every shard's table: one manifest stands for them all (bacflow/core/manifest.py), so
 # the DAG has shards + buckets edges, not shards x buckets (planning a million genomes took minutes).
 rule unique_index:
@@ -58,5 +38,7 @@ rule unique_bucket:
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        buckets=config["buckets"],
     script:
         "../scripts/unique_bucket.py"

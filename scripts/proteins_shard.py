@@ -8,5 +8,6 @@ with logging_to(snakemake.log[0]):
         shard=snakemake.wildcards.shard,
         proteins_path=snakemake.output.proteins,
         qc_path=snakemake.output.qc,
+        unique_path=snakemake.output.unique,
         threads=snakemake.threads,
     )

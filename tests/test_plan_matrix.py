@@ -90,7 +90,7 @@ def bacformer_mode(config: dict[str, Any]) -> str:
 
 def expected_rules(config: dict[str, Any], target: str) -> set[str]:
     """The rules a dry run of `target` plans from scratch under `config`: exactly these, none missing or more."""
-    unique = {"proteins_shard", "unique_shard", "unique_index", "unique_bucket"}
+    unique = {"proteins_shard", "unique_index", "unique_bucket"}
     families = unique | {"families_assign" if config["families"]["vocab"] else "families_cluster"}
     vectors = unique | {"embed_bucket", "embed_index", "embed_gather"}
     if esm_mode(config) == "tiny":

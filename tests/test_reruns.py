@@ -84,6 +84,10 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
     assert planned_jobs(workdir, *run_args(workdir, three, "results"), "--", "bacformer") == {}
     checkpoint = run_args(workdir, three, "results", configfiles=(workdir / "checkpoint.yaml",))
     assert planned_jobs(workdir, *checkpoint, "--", "bacformer") == {}
+    # Another bucket count re-partitions the distinct sequences: bucket jobs only, no job per shard (each shard's
+    # sequences are sorted by hash, and a bucket is a slice of the hash space).
+    jobs = planned_jobs(workdir, *run_args(workdir, three, "results", "buckets=3"), "--", "bacformer")
+    assert jobs == {"unique_bucket": 3, "embed_bucket": 3, "embed_index": 1, "total": 7}, jobs
 
     # Appending a genome: every bucket job runs (each embeds only the new sequences), but only the new
     # shard is gathered and embedded by Bacformer.

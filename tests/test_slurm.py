@@ -80,8 +80,6 @@ def test_profile_places_every_gpu_rule_and_no_cpu_rule(rules: dict[str, dict]):
         else:
             assert not GPU_RESOURCES & set(set_resources.get(name, {})), f"CPU rule {name} gets GPU resources"
     assert not GPU_RESOURCES & set(PROFILE.get("default-resources", {})), "default-resources would give every job a GPU"
-    grouped = PROFILE.get("groups", {})
-    assert set(grouped) <= set(rules) and not any(rules[name]["gpu"] for name in grouped)
 
 
 # --- a real SLURM ---------------------------------------------------------------------------------------
@@ -130,17 +128,10 @@ def slurm_run(cluster: LocalSlurm, demo: Path):
 
 
 def rules_of(job: dict[str, str], rules: dict[str, dict]) -> set[str]:
-    """The rules a SLURM job ran, from the comment the plugin gives it: rule_<rule>[_wildcards_<...>],
-    or for a group job rule_<group>_<its rules, sorted, joined by _>."""
+    """The rule a SLURM job ran (none of the workflow's are grouped), from the comment the plugin gives it:
+    rule_<rule>[_wildcards_<...>]."""
     name = job.get("Comment", "").removeprefix("rule_").split("_wildcards_")[0]
-    if name in rules:
-        return {name}
-    group_of = {rule: PROFILE.get("groups", {}).get(rule, info["group"]) for rule, info in rules.items()}
-    for group in {group for group in group_of.values() if group}:
-        if name.startswith(f"{group}_"):
-            members = name.removeprefix(f"{group}_")
-            return {rule for rule, g in group_of.items() if g == group and re.search(rf"(^|_){rule}(_|$)", members)}
-    return set()
+    return {name} if name in rules else set()
 
 
 def gpu_request(job: dict[str, str]) -> bool:
@@ -159,8 +150,6 @@ def test_jobs_went_through_slurm(slurm_run: dict, rules: dict[str, dict]):
     remote = set(re.findall(r"^\s*rule (\w+):", slurm_run["log"], re.MULTILINE))
     seen = set().union(*(rules_of(job, rules) for job in jobs))
     assert remote and seen == remote, f"SLURM ran {seen}, snakemake submitted {remote}"
-    # The profile's group holds: a shard's steps were one submission.
-    assert any(rules_of(job, rules) == set(PROFILE["groups"]) for job in jobs), jobs
 
 
 def test_cpu_rules_ask_for_no_gpu(slurm_run: dict, rules: dict[str, dict]):

@@ -79,7 +79,6 @@ def _print_rules(workdir: str, *config: str) -> None:
                 "shell": rule.shellcmd,
                 "action": action,
                 "gpu": "gpu" in rule.resources,
-                "group": rule.group,
             }
     print(json.dumps(rules))
 

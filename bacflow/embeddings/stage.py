@@ -42,7 +42,7 @@ from bacflow.core.tables import atomic_path, read_metadata, remove_leftovers, re
 from bacflow.embeddings.encoders import encoder_family
 from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
-from bacflow.proteins.unique import bucket_of
+from bacflow.proteins.unique import bucket_filter, bucket_of
 
 if TYPE_CHECKING:
     import torch
@@ -332,7 +332,7 @@ def _write_bucket_folder(
     with atomic_path(out_dir) as folder:
         folder.mkdir()
         for shard, unique_path in shard_unique_paths.items():
-            wanted = pq.read_table(unique_path, columns=["seq_hash"], filters=[("bucket", "=", bucket)])
+            wanted = pq.read_table(unique_path, columns=["seq_hash"], filters=bucket_filter(bucket, n_buckets))
             rows = pc.index_in(wanted.column(0), value_set=vectors.column("seq_hash"))
             if rows.null_count:
                 raise InputError(

@@ -3,7 +3,7 @@
 Layout of a store root (``embedding_store:``, default ``<outdir>/embeddings``)::
 
     <root>/<recipe key>/recipe.json                                   the recipe, written once
-    <root>/<recipe key>/parts/b<bucket>-of-<buckets>-<digest>.parquet  vectors, immutable
+    <root>/<recipe key>/parts/s<bucket>-of-<buckets>-<digest>.parquet  vectors, immutable
 
 A part holds vectors that one bucket job computed (``seq_hash``, ``vector``, ``tokens``, ``truncated``,
 sorted by seq_hash); its name says which bucket of how many buckets it belongs to, and ``digest`` is a
@@ -17,16 +17,17 @@ hash of its seq_hashes. Safety under concurrency and kills follows from three ru
 
 A bucket job writes a part every ``checkpoint_sequences`` vectors, so a job that is killed keeps what it
 had finished, and its rerun embeds only the rest. A bucket job reads only parts whose bucket can hold
-its sequences: bucket ``b`` of ``n`` holds hashes with ``x % n == b`` (``x`` = first 8 hex digits), and
-such an ``x`` can also satisfy ``x % n2 == b2`` only when ``b`` and ``b2`` agree modulo ``gcd(n, n2)``;
-with the same bucket count in every run, that is exactly one bucket's parts.
+its sequences: a bucket is a slice of the hash space (`bacflow.proteins.unique`), so those are the parts
+whose slice overlaps its own; with the same bucket count in every run, exactly one bucket's parts. Parts
+named ``b<bucket>-of-<buckets>-...`` were written when a bucket was a residue class of the hash, not a
+slice: any of them may hold any hash, so every bucket job reads them (a store keeps its vectors across
+that change).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 
@@ -38,8 +39,9 @@ import pyarrow.parquet as pq
 from bacflow.core.errors import InputError
 from bacflow.core.tables import atomic_path, write_parquet
 from bacflow.embeddings.recipe import EmbeddingRecipe
+from bacflow.proteins.unique import bucket_bounds
 
-_PART = re.compile(r"^b(\d{4})-of-(\d{4})-([0-9a-f]{16})\.parquet$")
+_PART = re.compile(r"^([sb])(\d{4})-of-(\d{4})-([0-9a-f]{16})\.parquet$")
 _ARROW_FLOATS = {"float32": pa.float32(), "float16": pa.float16()}
 
 
@@ -66,7 +68,8 @@ def part_schema(dim: int, dtype: str) -> pa.Schema:
 
 def buckets_overlap(bucket: int, n_buckets: int, other: int, n_other: int) -> bool:
     """Whether a hash can be in bucket `bucket` of `n_buckets` and in bucket `other` of `n_other`."""
-    return bucket % math.gcd(n_buckets, n_other) == other % math.gcd(n_buckets, n_other)
+    (low, high), (other_low, other_high) = bucket_bounds(bucket, n_buckets), bucket_bounds(other, n_other)
+    return max(low, other_low) < min(high, other_high)
 
 
 class EmbeddingStore:
@@ -99,7 +102,7 @@ class EmbeddingStore:
         found = []
         for path in sorted(self.parts_folder.glob("*.parquet")):
             match = _PART.match(path.name)
-            if match and buckets_overlap(bucket, n_buckets, int(match[1]), int(match[2])):
+            if match and (match[1] == "b" or buckets_overlap(bucket, n_buckets, int(match[2]), int(match[3]))):
                 found.append(path)
         return found
 
@@ -128,7 +131,7 @@ class EmbeddingStore:
         """Write one part (rows of `part_schema`, all of bucket `bucket`) atomically; return its path."""
         table = table.sort_by("seq_hash")
         digest = hashlib.sha256("\n".join(table.column("seq_hash").to_pylist()).encode()).hexdigest()[:16]
-        path = self.parts_folder / f"b{bucket:04d}-of-{n_buckets:04d}-{digest}.parquet"
+        path = self.parts_folder / f"s{bucket:04d}-of-{n_buckets:04d}-{digest}.parquet"
         write_parquet(table, path, metadata)
         return path
 

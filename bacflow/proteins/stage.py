@@ -15,6 +15,7 @@ from bacflow.core.provenance import provenance
 from bacflow.core.samples import Sample
 from bacflow.core.tables import atomic_path, remove_stale_shards, write_parquet
 from bacflow.proteins.annotate import QC_SCHEMA, AnnotationParams, annotate_shard
+from bacflow.proteins.unique import write_shard_unique
 
 log = logging.getLogger("bacflow")
 #: Genomes named per quarantine reason in the summary printed at the end of a run (the rest are counted).
@@ -27,9 +28,11 @@ def proteins_shard(
     shard: str,
     proteins_path: str | Path,
     qc_path: str | Path,
+    unique_path: str | Path,
     threads: int = 1,
 ) -> None:
-    """Annotate one shard and write its protein table and QC table (nothing at all if `strict` fails)."""
+    """Annotate one shard and write its protein table, its QC table and its distinct sequences (the first step
+    of the buckets, `bacflow.proteins.unique`); nothing at all if `strict` fails."""
     samples = list(members)
     params = AnnotationParams.from_config(config)
     log.info("shard %s: %d genomes, %d threads, %s", shard, len(samples), threads, params)
@@ -45,7 +48,10 @@ def proteins_shard(
     metadata = provenance("proteins", {"annotation": params.as_dict(), "strict": config.get("strict", False)})
     write_parquet(proteins, proteins_path, metadata)
     write_parquet(qc, qc_path, metadata)
-    log.info("shard %s: %d proteins, %d quarantined", shard, proteins.num_rows, len(quarantined))
+    distinct = write_shard_unique(proteins, unique_path)
+    log.info(
+        "shard %s: %d proteins (%d distinct), %d quarantined", shard, proteins.num_rows, distinct, len(quarantined)
+    )
 
 
 def gather_qc(

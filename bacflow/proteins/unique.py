@@ -3,12 +3,15 @@
 Every stage that works per distinct sequence (MMseqs2 families, ESM-2 embeddings) reads buckets, never
 the protein tables. Two steps keep memory bounded by one shard or one bucket, never the cohort:
 
-1. per shard: the shard's distinct sequences with their counts, sorted by (bucket, seq_hash) in small
-   row groups, so that a reader of one bucket skips the other buckets' row groups by their statistics;
+1. per shard, by the job that makes the shard's protein table: its distinct sequences with their counts,
+   sorted by seq_hash in small row groups;
 2. per bucket: the rows of that bucket from every shard, summed by seq_hash.
 
-A sequence's bucket is ``int(seq_hash[:8], 16) % n_buckets``: fixed by the sequence alone, so the
-same sequence lands in the same bucket in every run and cohort with the same bucket count.
+Bucket ``b`` of ``n`` is the ``b``-th of ``n`` equal slices of the hash space: the sequences whose first 8 hex
+digits ``x`` have ``x * n // 16**8 == b``. It is fixed by the sequence alone, so the same sequence lands in
+the same bucket in every run and cohort with the same bucket count; and since a bucket is a range of
+seq_hash, one sorted shard table serves every bucket count (a bucket's reader skips the other row groups by
+their statistics): changing the bucket count re-runs only the bucket jobs.
 """
 
 from __future__ import annotations
@@ -31,16 +34,35 @@ UNIQUE_SCHEMA = pa.schema(
         ("occurrences", pa.int64()),
     ]
 )
+#: Buckets slice the hash space by the first 8 hex digits of seq_hash.
+_PREFIX_DIGITS = 8
+_PREFIXES = 16**_PREFIX_DIGITS
 # Small row groups: a bucket's reader skips the rest of a shard's file by row-group statistics.
 _ROW_GROUP_ROWS = 4096
 
 
 def bucket_of(seq_hash: str, n_buckets: int) -> int:
-    return int(seq_hash[:8], 16) % n_buckets
+    return int(seq_hash[:_PREFIX_DIGITS], 16) * n_buckets // _PREFIXES
 
 
-def _bucket_column(hashes: pa.ChunkedArray | pa.Array, n_buckets: int) -> pa.Array:
-    return pa.array([bucket_of(value, n_buckets) for value in hashes.to_pylist()], pa.int32())
+def bucket_bounds(bucket: int, n_buckets: int) -> tuple[int, int]:
+    """The hash prefixes ``x`` of bucket `bucket` of `n_buckets`: ``low <= x < high`` (``bucket_of``'s inverse)."""
+    return -(-bucket * _PREFIXES // n_buckets), -(-(bucket + 1) * _PREFIXES // n_buckets)
+
+
+def bucket_filter(bucket: int, n_buckets: int) -> list[tuple[str, str, str]]:
+    """A parquet filter for the rows of bucket `bucket` of `n_buckets`: a range of seq_hash (as text, hex digits
+    compare as their numbers do)."""
+    low, high = bucket_bounds(bucket, n_buckets)
+    below = [("seq_hash", "<", f"{high:0{_PREFIX_DIGITS}x}")] if high < _PREFIXES else []
+    return [("seq_hash", ">=", f"{low:0{_PREFIX_DIGITS}x}"), *below]
+
+
+def distinct_sequences(proteins: pa.Table) -> pa.Table:
+    """One row per seq_hash of a protein table (``seq_hash``, ``sequence``, ``length``), with its count, sorted
+    by seq_hash."""
+    proteins = proteins.select(["seq_hash", "sequence", "length"])
+    return _sum_by_hash(proteins.append_column("occurrences", pa.array([1] * proteins.num_rows, pa.int64())))
 
 
 def _sum_by_hash(table: pa.Table) -> pa.Table:
@@ -52,24 +74,20 @@ def _sum_by_hash(table: pa.Table) -> pa.Table:
     return grouped.select(UNIQUE_SCHEMA.names).cast(UNIQUE_SCHEMA).sort_by("seq_hash")
 
 
-def shard_unique(proteins_path: str | Path, out_path: str | Path, n_buckets: int) -> None:
-    """Write the distinct sequences of one protein shard, with counts and buckets."""
-    proteins = pq.read_table(proteins_path, columns=["seq_hash", "sequence", "length"])
-    counted = _sum_by_hash(proteins.append_column("occurrences", pa.array([1] * proteins.num_rows, pa.int64())))
-    counted = counted.append_column("bucket", _bucket_column(counted.column("seq_hash"), n_buckets))
-    counted = counted.sort_by([("bucket", "ascending"), ("seq_hash", "ascending")])
-    write_parquet(counted, out_path, provenance("unique_shard", {"buckets": n_buckets}), row_group_size=_ROW_GROUP_ROWS)
+def write_shard_unique(proteins: pa.Table, out_path: str | Path) -> int:
+    """Write the distinct sequences of one shard's protein table, with their counts; return how many there are."""
+    distinct = distinct_sequences(proteins)
+    write_parquet(distinct, out_path, provenance("unique_shard", {}), row_group_size=_ROW_GROUP_ROWS)
+    return distinct.num_rows
 
 
-def gather_bucket(shard_unique_paths: Iterable[str | Path], bucket: int, out_path: str | Path) -> int:
+def gather_bucket(shard_unique_paths: Iterable[str | Path], bucket: int, n_buckets: int, out_path: str | Path) -> int:
     """Write one bucket's distinct sequences across all shards; return how many there are."""
-    parts = [
-        pq.read_table(path, filters=[("bucket", "=", bucket)], columns=UNIQUE_SCHEMA.names)
-        for path in shard_unique_paths
-    ]
+    rows = bucket_filter(bucket, n_buckets)
+    parts = [pq.read_table(path, filters=rows, columns=UNIQUE_SCHEMA.names) for path in shard_unique_paths]
     table = pa.concat_tables(parts) if parts else UNIQUE_SCHEMA.empty_table()
     unique = _sum_by_hash(table)
-    write_parquet(unique, out_path, provenance("unique_bucket", {"bucket": bucket}))
+    write_parquet(unique, out_path, provenance("unique_bucket", {"bucket": bucket, "buckets": n_buckets}))
     return unique.num_rows
 
 
@@ -86,9 +104,8 @@ def sequence_buckets(sequences: list[str], folder: str | Path, n_buckets: int) -
             "length": pa.array([len(sequence) for sequence in sequences], pa.int32()),
         }
     )
-    write_parquet(proteins, folder / "proteins.parquet", provenance("sequences", {}))
-    shard_unique(folder / "proteins.parquet", folder / "shard.parquet", n_buckets)
+    write_shard_unique(proteins, folder / "shard.parquet")
     paths = [folder / f"bucket={bucket:04d}.parquet" for bucket in range(n_buckets)]
     for bucket, path in enumerate(paths):
-        gather_bucket([folder / "shard.parquet"], bucket, path)
+        gather_bucket([folder / "shard.parquet"], bucket, n_buckets, path)
     return paths

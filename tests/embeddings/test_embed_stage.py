@@ -31,7 +31,7 @@ from bacflow.embeddings.encoders import load_encoder
 from bacflow.embeddings.esm_encoder import EsmEncoder
 from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket, embedding_qc, gather_shard, pending_shards
-from bacflow.proteins.unique import gather_bucket, shard_unique
+from bacflow.proteins.unique import bucket_of, gather_bucket, write_shard_unique
 from conftest import needs_shared
 from esm_helpers import CT_D_PROTEINS, read_fasta
 
@@ -73,10 +73,10 @@ def run_stage(cohort: dict[str, Path], work: Path, model: Path, store: Path, n_b
     unique = {shard: work / f"unique-{shard}.parquet" for shard in cohort}
     gathered = {shard: work / f"shard-{shard}.parquet" for shard in cohort}
     for shard, proteins in cohort.items():
-        shard_unique(proteins, unique[shard], n_buckets)
+        write_shard_unique(pq.read_table(proteins), unique[shard])
     counts, bucket_dirs = [], []
     for bucket in range(n_buckets):
-        gather_bucket(unique.values(), bucket, work / f"bucket-{bucket}.parquet")
+        gather_bucket(unique.values(), bucket, n_buckets, work / f"bucket-{bucket}.parquet")
         bucket_dirs.append(work / f"vectors-{bucket}")
         counts.append(
             embed_bucket(
@@ -247,8 +247,8 @@ def test_concurrent_jobs_on_one_store_keep_it_complete_and_consistent(cohort, ti
     """Two runs' jobs for the same bucket, at the same time, on one store (threads stand in for jobs)."""
     unique = {shard: tmp_path / f"unique-{shard}.parquet" for shard in cohort}
     for shard, proteins in cohort.items():
-        shard_unique(proteins, unique[shard], 1)
-    total = gather_bucket(unique.values(), 0, tmp_path / "bucket-0.parquet")
+        write_shard_unique(pq.read_table(proteins), unique[shard])
+    total = gather_bucket(unique.values(), 0, 1, tmp_path / "bucket-0.parquet")
     settings = replace(SETTINGS, checkpoint_sequences=25)
 
     def job(name: str) -> dict:
@@ -293,9 +293,9 @@ embed_bucket(args["bucket"], args["unique"], args["out"], gathered_paths={shard:
 def test_a_killed_bucket_job_resumes_and_the_store_is_complete_and_correct(cohort, tiny_esm: Path, tmp_path: Path):
     unique = {shard: tmp_path / f"unique-{shard}.parquet" for shard in cohort}
     for shard, proteins in cohort.items():
-        shard_unique(proteins, unique[shard], 1)
+        write_shard_unique(pq.read_table(proteins), unique[shard])
     bucket = tmp_path / "bucket-0.parquet"
-    total = gather_bucket(unique.values(), 0, bucket)
+    total = gather_bucket(unique.values(), 0, 1, bucket)
     store, out = tmp_path / "store", tmp_path / "vectors-0"
     settings = replace(SETTINGS, cpu_token_budget=1000, checkpoint_sequences=10)
     arguments = {"bucket": str(bucket), "unique": {k: str(v) for k, v in unique.items()}, "out": str(out),
@@ -349,7 +349,7 @@ def test_bad_bucket_files_are_named(tiny_esm: Path, tmp_path: Path):
     (tmp_path / "bucket.parquet").write_bytes(b"")  # e.g. a file cut short by a full disk
     with pytest.raises(InputError, match="bucket file .*bucket.parquet: unreadable"):
         job()
-    wrong = next(s for s in ("MKV", "MKVL", "MKVLA", "MKVLAW") if int(seq_hash(s)[:8], 16) % 4 != 0)
+    wrong = next(s for s in ("MKV", "MKVL", "MKVLA", "MKVLAW") if bucket_of(seq_hash(s), 4) != 0)
     with pytest.raises(InputError, match="row 0.*belongs to bucket .* of 4, not 0"):
         run(pa.table({"seq_hash": [seq_hash(wrong)], "sequence": [wrong]}))
     with pytest.raises(InputError, match="row 0: empty sequence"):

@@ -17,11 +17,10 @@ import pytest
 
 from bacflow.core.errors import InputError
 from bacflow.core.samples import Sample
-from bacflow.core.tables import write_parquet
 from bacflow.families.stage import iter_sorted
 from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome, annotate_shard
 from bacflow.proteins.assembly import read_assembly
-from bacflow.proteins.unique import gather_bucket, shard_unique
+from bacflow.proteins.unique import gather_bucket, write_shard_unique
 from conftest import PYRODIGAL_DATA, SHARED_DATA, SMALL_GENOME, gunzip_text, make_sample, needs_shared
 
 KK037166 = PYRODIGAL_DATA / "KK037166.fna.gz"  # 20,000 bp of a Kutzneria scaffold
@@ -327,9 +326,8 @@ def test_bad_translation_never_reaches_the_families_job(tmp_path: Path):
     only a bucket file and a hash."""
     samples = [make_sample(with_bad_translations(tmp_path), "bad"), make_sample(KK037166, "KK037166")]
     proteins, qc = annotate_shard(samples, AnnotationParams(), shard="00000")
-    write_parquet(proteins, tmp_path / "proteins.parquet", {})
-    shard_unique(tmp_path / "proteins.parquet", tmp_path / "unique.parquet", 1)
-    assert gather_bucket([tmp_path / "unique.parquet"], 0, tmp_path / "bucket=0000.parquet") > 900
+    write_shard_unique(proteins, tmp_path / "unique.parquet")
+    assert gather_bucket([tmp_path / "unique.parquet"], 0, 1, tmp_path / "bucket=0000.parquet") > 900
     rows = sum(table.num_rows for table in iter_sorted([tmp_path / "bucket=0000.parquet"], []))
     assert rows == len(set(proteins.column("seq_hash").to_pylist()))
     assert qc.column("bad_translations_dropped").to_pylist() == [3, 0]
