@@ -89,7 +89,6 @@ MAX_TOKENS = 6000
 STAGES = {
     "proteins": "proteins",
     "qc_genomes": "proteins",
-    "unique_shard": "unique",
     "unique_index": "unique",
     "unique_bucket": "unique",
     "families_cluster": "families",
