@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -181,6 +182,7 @@ def write_markdown(results: dict) -> None:
             "",
             f"{run['date']}, commit {info['commit']}. {run.get('note', '')}".rstrip(),
             "",
+            *([f"Command: `{run['command']}`", ""] if "command" in run else []),
             f"Machine: {info['cpu_model']}, {info['nproc']} CPUs, {info['memory_gib']} GiB, bf16 {bf16_native(info)};"
             f" Python {info['python']}, Snakemake {info['snakemake']}.",
             "",
@@ -211,19 +213,21 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="plan without --profile slurm")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    info = machine()
-    print(json.dumps(info), flush=True)
     rows = []
     for size in args.sizes:
         genomes, buckets, shard_size = (int(part) for part in f"{size}:{SHARD_SIZE}".split(":")[:3])
         rows.append(measure(genomes, buckets, shard_size, not args.no_profile))
+    # After the dry runs: a child's peak memory counts the parent's pages it was forked with, and measuring the
+    # machine loads PyTorch (hundreds of MiB).
+    info = machine()
+    print(json.dumps(info), flush=True)
     path = RESULTS / "plan_scale.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[args.label] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "note": args.note,
         "machine": info,
-        "command": " ".join(["python", "bench/plan_scale.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "bench/plan_scale.py", *sys.argv[1:]]),
         "rows": rows,
     }
     path.write_text(json.dumps(results, indent=2) + "\n")
