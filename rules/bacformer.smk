@@ -23,7 +23,7 @@ rule bacformer_shard:
     input:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
-        model=bacformer_model_files,
+        model=model_files("bacformer"),
     output:
         proteins=PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
         genomes=PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
@@ -40,7 +40,7 @@ rule bacformer_shard:
         runtime=lambda wildcards, attempt: PLAN.bacformer["runtime"] * attempt,
     params:
         # (model, revision): one function per job, not two (each costs planning time for every shard).
-        model=lambda wildcards: bacformer_model(),
+        model=lambda wildcards: planned_model("bacformer"),
         name=PLAN.bacformer_name,
         settings=PLAN.bacformer_params,
     script:

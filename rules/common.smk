@@ -40,32 +40,24 @@ def print_quarantine_summary():
         print(summary.read_text(), end="")
 
 
-def esm_model():
-    """(model, revision) of the ESM-2 jobs; a hub model that cannot be had fails planning in one line."""
+def planned_model(stage):
+    """(model, revision) of the "esm" or "bacformer" jobs, worked out when a job that needs it is planned; a hub
+    model that cannot be had fails planning in one line."""
     try:
-        return PLAN.esm_model
+        return getattr(PLAN, f"{stage}_model")
     except InputError as error:
         raise WorkflowError(str(error)) from None
 
 
-def esm_model_files(wildcards):
-    """A local model folder is an input: replacing its weights re-runs the jobs that use it."""
-    model, revision = esm_model()
-    return [] if revision else [model]
+def model_files(stage):
+    """An input function of the stage's jobs: a model folder (tiny, pretrained or local) is an input, so a new
+    model or new weights re-run them; a hub model, pinned to its commit, is none."""
 
+    def files(wildcards):
+        model, revision = planned_model(stage)
+        return [] if revision else [model]
 
-def bacformer_model():
-    """(model, revision) of the Bacformer shard jobs; a hub model that cannot be had fails planning."""
-    try:
-        return PLAN.bacformer_model
-    except InputError as error:
-        raise WorkflowError(str(error)) from None
-
-
-def bacformer_model_files(wildcards):
-    """A model folder is an input: a new tiny or pretrained model, or new weights, re-run the shards."""
-    model, revision = bacformer_model()
-    return [] if revision else [model]
+    return files
 
 
 def gather_bucket_manifest(wildcards):

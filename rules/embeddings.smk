@@ -22,7 +22,7 @@ rule embed_bucket:
     input:
         bucket=PLAN.outdir / "unique" / "bucket={bucket}.parquet",
         shards=PLAN.unique_manifest,
-        model=esm_model_files,
+        model=model_files("esm"),
     output:
         directory(PLAN.embeddings / "buckets" / "bucket={bucket}"),
     log:
@@ -40,11 +40,12 @@ rule embed_bucket:
         # Which shards get rows: those whose gathered vectors (in this folder) are missing or out of date.
         gathered=str(PLAN.embeddings / "shards"),
         buckets=config["buckets"],
-        model=lambda wildcards: esm_model()[0],
-        revision=lambda wildcards: esm_model()[1],
+        # (model, revision)
+        model=lambda wildcards: planned_model("esm"),
         # Not derived from the outputs: a store may be shared by runs (it must be on a shared
-        # filesystem for cluster runs, like the results).
-        store=str(PLAN.embedding_store),
+        # filesystem for cluster runs, like the results). A function: `snakemake --lint` refuses a path as a
+        # plain param.
+        store=lambda wildcards: str(PLAN.embedding_store),
         settings=PLAN.embedding_settings,
     script:
         "../scripts/embed_bucket.py"
@@ -76,7 +77,7 @@ rule embed_gather:
     input:
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
         buckets=gather_bucket_manifest,
-        model=esm_model_files,
+        model=model_files("esm"),
     output:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
         qc=PLAN.embeddings / "qc" / "shard={shard}.parquet",
@@ -90,9 +91,9 @@ rule embed_gather:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
-        model=lambda wildcards: esm_model(),
+        model=lambda wildcards: planned_model("esm"),
         settings=PLAN.embedding_settings,
-        store=str(PLAN.embedding_store),
+        store=lambda wildcards: str(PLAN.embedding_store),
     script:
         "../scripts/embed_gather.py"
 

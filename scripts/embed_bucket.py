@@ -5,6 +5,7 @@ from bacflow.core.manifest import read_manifest
 from bacflow.embeddings.stage import EmbeddingSettings, embed_bucket
 
 with logging_to(snakemake.log[0]) as log:
+    model, revision = snakemake.params.model
     shards = read_manifest(snakemake.input.shards)
     gathered = Path(snakemake.params.gathered)
     # checkpoint_sequences comes from the config, not params: it changes no vector, so it must not re-run jobs.
@@ -16,8 +17,8 @@ with logging_to(snakemake.log[0]) as log:
         gathered_paths={shard: gathered / f"shard={shard}.parquet" for shard in shards},
         bucket=int(snakemake.wildcards.bucket),
         n_buckets=snakemake.params.buckets,
-        model=snakemake.params.model,
-        revision=snakemake.params.revision,
+        model=model,
+        revision=revision,
         store_root=snakemake.params.store,
         settings=EmbeddingSettings(**snakemake.params.settings, checkpoint_sequences=checkpoint),
         threads=snakemake.threads,
