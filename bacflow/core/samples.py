@@ -164,13 +164,9 @@ def _row_checker(schema: dict[str, Any]) -> Callable[[dict[str, Any]], jsonschem
     def check(record: dict[str, Any]) -> jsonschema.ValidationError | None:
         for name, value in defaults.items():
             record.setdefault(name, value)
-        valid = all(name in record for name in required)
-        for name, value in record.items():
-            if not valid:
-                break
-            if name in checks:
-                valid = checks[name](value)
-        if not valid:
+        if not all(name in record for name in required) or not all(
+            checks[name](value) for name, value in record.items() if name in checks
+        ):
             return jsonschema.exceptions.best_match(whole.iter_errors(record))
         for name, values in shared.items():
             if name in record:
