@@ -35,6 +35,7 @@ from bacflow.bacformer.model_families import (
 )
 from bacflow.bacformer.stage import BacformerSettings
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import identity
 from bacflow.core.models import planned_model, resolve_model
 from bacflow.core.samples import Sample, assign_shards, read_samples
 from bacflow.core.schemas import check_config
@@ -139,6 +140,28 @@ class RunPlan:
     @property
     def pretrain_parts(self) -> dict[str, list[str]]:
         return {split: self.shard_files(self.pretrain_data / split / "part-{shard}.parquet") for split in SPLITS}
+
+    # Identities (bacflow.core.freshness): what decides a job's output besides its input files, as a hash that the
+    # job records and the plan compares. No paths: outputs do not depend on where the outdir is.
+
+    @property
+    def shards_identity(self) -> str:
+        """The plan's shards, for the jobs that gather a table from every shard."""
+        return identity(list(self.shards))
+
+    @functools.cached_property
+    def embedding_identity(self) -> str:
+        """What decides a shard's gathered vectors besides its proteins: the encoder and the settings."""
+        return identity({"model": model_label(*self.esm_model), "settings": self.embedding_settings})
+
+    @functools.cached_property
+    def bacformer_identity(self) -> str:
+        """What decides a shard's Bacformer outputs besides its proteins and vectors."""
+        model = model_label(*self.bacformer_model)
+        return identity({"model": model, "name": self.bacformer_name, "settings": self.bacformer_params})
+
+    def pretrain_members_identity(self, shard: str) -> str:
+        return identity(self.pretrain_members(shard))
 
     def shard_members(self, shard: str) -> tuple[Sample, ...]:
         """The genomes of a shard: the proteins job's params, so that new members, or a member's file changed or
@@ -297,6 +320,12 @@ class RunPlan:
             "family": family.name,
             "model": {**family.training_geometry, **self.pretrain["model"]},
         }
+
+
+def model_label(model: str, revision: str | None) -> str:
+    """A planned model as identities name it: a hub id at its commit, or a folder by its name alone (its files are
+    the jobs' inputs, so a change of them re-runs the jobs by their times)."""
+    return f"{model}@{revision}" if revision else f"local:{Path(model).name}"
 
 
 def model_folder(model: str, revision: str | None, **where: str) -> Path:

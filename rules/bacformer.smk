@@ -24,6 +24,18 @@ rule bacformer_shard:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
         model=model_files("bacformer"),
+        buckets=after_buckets(
+            outputs=[
+                PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
+                PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
+            ],
+            inputs=lambda wildcards: [
+                PLAN.embeddings / "shards" / "shard={shard}.parquet",
+                PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+                *model_files("bacformer")(wildcards),
+            ],
+            identity=lambda wildcards: PLAN.bacformer_identity,
+        ),
     output:
         proteins=PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
         genomes=PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
@@ -43,6 +55,7 @@ rule bacformer_shard:
         model=lambda wildcards: planned_model("bacformer"),
         name=PLAN.bacformer_name,
         settings=PLAN.bacformer_params,
+        identity=lambda wildcards: PLAN.bacformer_identity,
     script:
         "../scripts/bacformer_shard.py"
 
@@ -58,6 +71,19 @@ rule bacformer_genomes:
             PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
             shard=PLAN.shards,
         ),
+        # Their metadata only: each genome shard must be of its protein shard's current rows.
+        sources=expand(
+            PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
+        ),
+        buckets=after_buckets(
+            outputs=[PLAN.bacformer_dir / "genomes.parquet"],
+            inputs=expand(
+                PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
+                shard=PLAN.shards,
+            ),
+            identity=lambda wildcards: PLAN.shards_identity,
+        ),
     output:
         PLAN.bacformer_dir / "genomes.parquet",
     log:
@@ -70,6 +96,8 @@ rule bacformer_genomes:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        identity=lambda wildcards: PLAN.shards_identity,
     script:
         "../scripts/bacformer_genomes.py"
 

@@ -3,6 +3,7 @@
 import os
 
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import is_current
 from bacflow.plan import make_plan
 from bacflow.report import models_that_ran
 
@@ -60,17 +61,18 @@ def model_files(stage):
     return files
 
 
-def gather_bucket_manifest(wildcards):
-    """The bucket folders' manifest, as the input of a shard's gather job.
-
-    Bucket jobs re-run for every new genome, and a gathered shard that is still current must not re-run
-    with them: it depends on them by existence alone (`ancient`); a change of model or settings re-runs it
-    through its params. But Snakemake never looks again at a job below an `ancient` input whose job
-    re-runs, so a shard whose outputs are missing depends on the manifest as usual.
+def after_buckets(outputs, inputs, identity=None):
+    """An input function for the jobs at and below the gathers: the bucket folders' manifest, `ancient` while the
+    job is current by `is_current` (its `outputs` and `inputs`, path templates or a function of the wildcards for
+    `inputs`, filled in; `identity` a function of the wildcards), so that bucket jobs re-run for new genomes leave
+    current shards alone while an out-of-date one re-runs with them (bacflow/core/freshness.py says why).
     """
-    outputs = [
-        PLAN.embeddings / folder / f"shard={wildcards.shard}.parquet"
-        for folder in ("shards", "qc")
-    ]
-    manifest = PLAN.embedding_manifest
-    return ancient(manifest) if all(path.exists() for path in outputs) else manifest
+
+    def manifest(wildcards):
+        fill = lambda paths: [str(path).format(**wildcards) for path in paths]
+        listed = inputs(wildcards) if callable(inputs) else inputs
+        job = identity(wildcards) if identity else None
+        current = is_current(fill(outputs), fill(listed), job)
+        return ancient(PLAN.embedding_manifest) if current else PLAN.embedding_manifest
+
+    return manifest

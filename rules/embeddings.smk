@@ -76,7 +76,17 @@ rule embed_index:
 rule embed_gather:
     input:
         proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
-        buckets=gather_bucket_manifest,
+        buckets=after_buckets(
+            outputs=[
+                PLAN.embeddings / "shards" / "shard={shard}.parquet",
+                PLAN.embeddings / "qc" / "shard={shard}.parquet",
+            ],
+            inputs=lambda wildcards: [
+                PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+                *model_files("esm")(wildcards),
+            ],
+            identity=lambda wildcards: PLAN.embedding_identity,
+        ),
         model=model_files("esm"),
     output:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
@@ -94,6 +104,7 @@ rule embed_gather:
         model=lambda wildcards: planned_model("esm"),
         settings=PLAN.embedding_settings,
         store=lambda wildcards: str(PLAN.embedding_store),
+        identity=lambda wildcards: PLAN.embedding_identity,
     script:
         "../scripts/embed_gather.py"
 
@@ -101,8 +112,20 @@ rule embed_gather:
 rule embed_qc:
     input:
         qc=expand(PLAN.embeddings / "qc" / "shard={shard}.parquet", shard=PLAN.shards),
+        # Their metadata only: each QC shard must be of its protein shard's current rows.
+        proteins=expand(
+            PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+            shard=PLAN.shards,
+        ),
         # Not read: listed so that vector shards of another plan are removed (see embedding_qc).
         vectors=PLAN.embedding_shards,
+        buckets=after_buckets(
+            outputs=[PLAN.embedding_qc],
+            inputs=expand(
+                PLAN.embeddings / "qc" / "shard={shard}.parquet", shard=PLAN.shards
+            ),
+            identity=lambda wildcards: PLAN.shards_identity,
+        ),
     output:
         PLAN.embedding_qc,
     log:
@@ -115,6 +138,8 @@ rule embed_qc:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        identity=lambda wildcards: PLAN.shards_identity,
     script:
         "../scripts/embed_qc.py"
 

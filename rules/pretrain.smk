@@ -2,6 +2,20 @@ rule pretrain_corpus_shard:
     input:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
         families=PLAN.families,
+        # Its metadata only: the vectors must be of the shard's current proteins.
+        proteins=PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+        buckets=after_buckets(
+            outputs=[
+                PLAN.pretrain_data / split / "part-{shard}.parquet"
+                for split in ("train", "val", "test")
+            ],
+            inputs=[
+                PLAN.embeddings / "shards" / "shard={shard}.parquet",
+                PLAN.families,
+                PLAN.outdir / "proteins" / "shard={shard}" / "part-0.parquet",
+            ],
+            identity=lambda wildcards: PLAN.pretrain_members_identity(wildcards.shard),
+        ),
     output:
         train=PLAN.pretrain_data / "train" / "part-{shard}.parquet",
         val=PLAN.pretrain_data / "val" / "part-{shard}.parquet",
@@ -17,6 +31,7 @@ rule pretrain_corpus_shard:
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
         members=lambda wildcards: PLAN.pretrain_members(wildcards.shard),
+        identity=lambda wildcards: PLAN.pretrain_members_identity(wildcards.shard),
     script:
         "../scripts/pretrain_corpus_shard.py"
 
@@ -24,6 +39,10 @@ rule pretrain_corpus_shard:
 rule pretrain_corpus:
     input:
         **PLAN.pretrain_parts,
+        buckets=after_buckets(
+            outputs=[PLAN.pretrain_data / "corpus.json"],
+            inputs=[path for paths in PLAN.pretrain_parts.values() for path in paths],
+        ),
     output:
         PLAN.pretrain_data / "corpus.json",
     log:
@@ -48,6 +67,13 @@ rule pretrain_train:
     input:
         corpus=PLAN.pretrain_data / "corpus.json",
         parts=[path for paths in PLAN.pretrain_parts.values() for path in paths],
+        buckets=after_buckets(
+            outputs=[PLAN.pretrain_dir / "model", PLAN.pretrain_dir / "metrics.csv"],
+            inputs=[
+                PLAN.pretrain_data / "corpus.json",
+                *(path for paths in PLAN.pretrain_parts.values() for path in paths),
+            ],
+        ),
     output:
         model=directory(PLAN.pretrain_dir / "model"),
         metrics=PLAN.pretrain_dir / "metrics.csv",

@@ -2,6 +2,16 @@ rule report_genomes:
     input:
         qc=PLAN.outdir / "qc" / "genomes.parquet",
         bacformer=PLAN.bacformer_dir / "genomes.parquet",
+        buckets=after_buckets(
+            outputs=[
+                PLAN.outdir / "report" / "proteins_per_genome.png",
+                PLAN.outdir / "report" / "qc_flags.html",
+            ],
+            inputs=[
+                PLAN.outdir / "qc" / "genomes.parquet",
+                PLAN.bacformer_dir / "genomes.parquet",
+            ],
+        ),
     output:
         proteins=report(
             PLAN.outdir / "report" / "proteins_per_genome.png",
@@ -56,6 +66,13 @@ rule report_projection:
     input:
         genomes=PLAN.bacformer_dir / "genomes.parquet",
         qc=PLAN.outdir / "qc" / "genomes.parquet",
+        buckets=after_buckets(
+            outputs=[PLAN.outdir / "report" / "genome_projection.png"],
+            inputs=[
+                PLAN.bacformer_dir / "genomes.parquet",
+                PLAN.outdir / "qc" / "genomes.parquet",
+            ],
+        ),
     output:
         report(
             PLAN.outdir / "report" / "genome_projection.png",

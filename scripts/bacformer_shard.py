@@ -14,5 +14,6 @@ with logging_to(snakemake.log[0]) as log:
         name=snakemake.params.name,
         settings=BacformerSettings(**snakemake.params.settings),
         threads=snakemake.threads,
+        job_identity=snakemake.params.identity,
     )
     log.info("shard %s: %s", snakemake.wildcards.shard, counts)

@@ -11,5 +11,6 @@ with logging_to(snakemake.log[0]) as log:
         snakemake.output.vectors,
         snakemake.output.qc,
         store_root=snakemake.params.store,
+        job_identity=snakemake.params.identity,
     )
     log.info("shard %s: %d protein vectors", shard, count)

@@ -61,6 +61,30 @@ def matrix(table) -> np.ndarray:
     return column.flatten().to_numpy().reshape(len(column), -1)
 
 
+def assert_every_dataset_holds_the_shards_current_proteins(results: Path, genomes: list[tuple[str, str, str]]) -> None:
+    """The QC lists the sheet's `genomes`, and each shard's vectors, Bacformer rows and genome rows are of the genomes
+    its protein table holds now, in its order: no dataset keeps a removed genome, lists one twice, or holds another
+    genome's vectors under a shard."""
+    bacformer = results / "bacformer" / "tiny-random"
+    qc = pq.read_table(results / "qc" / "genomes.parquet").column("genome_id").to_pylist()
+    assert qc == [genome_id for genome_id, _, _ in genomes]
+    shards = sorted(path.name.removeprefix("shard=") for path in (results / "proteins").iterdir())
+    for shard in shards:
+        proteins = pq.read_table(results / "proteins" / f"shard={shard}" / "part-0.parquet")
+        ids = proteins.select(["genome_id", "protein_index"])
+        vectors = pq.read_table(results / "embeddings" / "esm2" / "shards" / f"shard={shard}.parquet")
+        assert vectors.select(["genome_id", "protein_index"]).equals(ids), shard
+        assert vectors.column("seq_hash").equals(proteins.column("seq_hash")), shard
+        contextual = pq.read_table(bacformer / "proteins" / f"shard={shard}" / "part-0.parquet")
+        assert contextual.select(["genome_id", "protein_index"]).equals(ids), shard
+        genome_rows = pq.read_table(bacformer / "genome_shards" / f"shard={shard}.parquet")
+        assert genome_rows.column("genome_id").to_pylist() == list(dict.fromkeys(ids.column("genome_id").to_pylist()))
+    for dataset in (results / "embeddings" / "esm2" / "shards", bacformer / "genome_shards"):
+        assert sorted(path.name.split(".")[0].removeprefix("shard=") for path in dataset.iterdir()) == shards, dataset
+    assert sorted(pq.read_table(bacformer / "genomes.parquet").column("genome_id").to_pylist()) == sorted(qc)
+    assert pq.read_table(results / "qc" / "embeddings-esm2.parquet").column("genome_id").to_pylist() == qc
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> Path:
     """Three genomes, one per shard, through the bacformer target."""
@@ -88,6 +112,20 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
     # sequences are sorted by hash, and a bucket is a slice of the hash space).
     jobs = planned_jobs(workdir, *run_args(workdir, three, "results", "buckets=3"), "--", "bacformer")
     assert jobs == {"unique_bucket": 3, "embed_bucket": 3, "embed_index": 1, "total": 7}, jobs
+    # Fewer buckets: the bucket folders hold the new count's buckets alone, and no shard is gathered again.
+    one_bucket = run_args(workdir, three, "results", "buckets=1")
+    assert planned_jobs(workdir, *one_bucket, "--", "bacformer") == {
+        "unique_bucket": 1,
+        "embed_bucket": 1,
+        "embed_index": 1,
+        "total": 3,
+    }
+    snakemake(workdir, *one_bucket, "--", "bacformer")
+    assert [path.name for path in (results / "unique").glob("bucket=*")] == ["bucket=0000.parquet"]
+    assert [path.name for path in (results / "embeddings" / "esm2" / "buckets").glob("bucket=*")] == ["bucket=0000"]
+    distinct = set(pq.read_table(results / "proteins").column("seq_hash").to_pylist())
+    assert pq.read_table(results / "unique" / "bucket=0000.parquet").num_rows == len(distinct)
+    assert digests(results / "embeddings" / "esm2" / "shards") == before
 
     # Appending a genome: every bucket job runs (each embeds only the new sequences), but only the new
     # shard is gathered and embedded by Bacformer.
@@ -113,10 +151,12 @@ def test_appending_a_genome_runs_only_the_new_shards_jobs_and_stale_shards_are_r
     assert pq.read_table(bacformer / "genome_shards").num_rows == len(GENOMES)
     assert sorted(path.name for path in (results / "proteins").iterdir()) == ["shard=00000", "shard=00001"]
 
-    # Removing a genome removes its proteins from every dataset.
-    snakemake(workdir, *run_args(workdir, three, "results", "shard_size=2"), "--", "bacformer")
-    for dataset in (results / "proteins", results / "embeddings" / "esm2" / "shards", bacformer / "proteins"):
-        assert "Cdiphtheriae_100kb" not in set(pq.read_table(dataset).column("genome_id").to_pylist()), dataset
+    # Removing the first genome moves every other one to another shard. Protein shards rewritten by a run that
+    # gathers no vectors (`proteins`) are gathered and embedded again by the next run.
+    last_three = write_sheet(workdir / "last_three.tsv", GENOMES[1:])
+    snakemake(workdir, *run_args(workdir, last_three, "results", "shard_size=2"), "--", "proteins")
+    snakemake(workdir, *run_args(workdir, last_three, "results", "shard_size=2"), "--", "bacformer")
+    assert_every_dataset_holds_the_shards_current_proteins(results, GENOMES[1:])
 
 
 def test_a_changed_or_replaced_genome_file_reruns_its_shard_alone(tmp_path: Path):
@@ -203,7 +243,9 @@ def test_a_shard_of_quarantined_genomes_flows_through_every_stage(tmp_path: Path
 @pytest.mark.slow
 def test_the_readme_command_resumes_a_killed_run(first_run: Path, tmp_path: Path):
     """kill -9 of Snakemake and its jobs in the middle of the embeddings, then `snakemake --unlock` and the
-    same command with --rerun-incomplete (README, Running it): the results equal those of an unbroken run."""
+    same command with --rerun-incomplete (README, Running it): the results equal those of an unbroken run. Killed
+    again after a change of shard size, once the new protein shards are written: the resumed run re-makes every
+    table below them."""
     sheet = first_run / "three.tsv"
     command = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", *run_args(tmp_path, sheet, "results")]
     run = subprocess.Popen(
@@ -233,3 +275,26 @@ def test_the_readme_command_resumes_a_killed_run(first_run: Path, tmp_path: Path
         assert mine.select(names).equals(clean.select(names))
         assert np.abs(matrix(mine) - matrix(clean)).max() <= 1e-5
     assert pc.all(pc.is_valid(pq.read_table(tmp_path / "results" / "proteins").column("sequence"))).as_py()
+
+    # `command` ends with its --config entries: one more sets the shard size.
+    manifest = tmp_path / "results" / "unique" / "shards.json"
+    written = manifest.stat().st_mtime_ns
+    run = subprocess.Popen(
+        [*command, "shard_size=2", "--", "bacformer"],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while manifest.stat().st_mtime_ns == written and time.monotonic() < deadline:
+        assert run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    for extra in (["--unlock"], ["--rerun-incomplete"]):
+        resumed = subprocess.run(
+            [*command, "shard_size=2", *extra, "--", "bacformer"], cwd=REPO, capture_output=True, text=True
+        )
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_every_dataset_holds_the_shards_current_proteins(tmp_path / "results", GENOMES[:3])

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.tables import MODEL_KEY, RECIPE_KEYS, genome_schema, protein_schema
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import check_lineage, lineage
 from bacflow.core.provenance import canonical_json, provenance
 from bacflow.core.tables import parquet_writer, read_metadata
 from bacflow.embeddings.recipe import RECIPE
@@ -353,14 +354,19 @@ def bacformer_shard(
     name: str,
     settings: BacformerSettings,
     threads: int = 1,
+    job_identity: str | None = None,
 ) -> dict[str, Any]:
-    """Embed the genomes of one shard; write its protein vectors and genome rows. Returns counts."""
+    """Embed the genomes of one shard; write its protein vectors and genome rows. Returns counts.
+
+    The vectors must have been gathered from the shard's current proteins (`bacflow.core.freshness`); both
+    outputs record those proteins' content id and `job_identity`."""
     import torch
 
     from bacflow.bacformer.model import FOLDER_FILES, load_bacformer, separator_id
     from bacflow.bacformer.model_families import family_of_config_class
     from bacflow.core.models import choose_device, resolve_model
 
+    check_lineage([vectors_path], [proteins_path])
     torch.set_num_threads(threads)
     device, dtype, dtype_reason = choose_device(settings.dtype)
     source = resolve_model(model, revision, setting="bacformer", files=FOLDER_FILES)
@@ -385,6 +391,7 @@ def bacformer_shard(
         **{key: upstream[key] for key in RECIPE_KEYS if key in upstream},
         "bacflow.bacformer_device": f"{device} ({_device_name(device)})",
         "bacflow.bacformer_dtype": f"{dtype} ({dtype_reason})",
+        **lineage(proteins_path, job_identity),
     }
     log.info(
         "shard %s: %s (%s) on %s in %s; separator id %d; %s",

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import check_lineage, lineage
 from bacflow.core.provenance import provenance
 from bacflow.core.tables import parquet_writer, read_metadata, remove_stale_shards
 from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY
@@ -61,17 +62,24 @@ def genome_schema(dim: int) -> pa.Schema:
 
 
 def gather_genomes(
-    shard_paths: Sequence[str | Path], out_path: str | Path, protein_paths: Sequence[str | Path] = ()
+    shard_paths: Sequence[str | Path],
+    out_path: str | Path,
+    protein_paths: Sequence[str | Path] = (),
+    sources: Sequence[str | Path] | None = None,
+    job_identity: str | None = None,
 ) -> int:
     """Stream the shards' genome rows into one table, a shard at a time; return the genome count.
 
-    Refuses shards made by different models or from different ESM-2 recipes. Other shards' files in the
-    genome-shard and protein folders are removed (see `remove_stale_shards`).
+    Refuses shards made by different models or from different embedding recipes, and, with `sources` (the
+    shards' protein tables, in the same order), shards made from other proteins than those tables hold. Other
+    shards' files in the genome-shard and protein folders are removed (see `remove_stale_shards`).
     """
     if not shard_paths:
         raise InputError("no genome shards to gather")
     for path in remove_stale_shards([*shard_paths, *protein_paths]):
         log.info("removed %s: not a shard of this run's plan", path)
+    if sources is not None:
+        check_lineage(shard_paths, sources)
     identities = {}
     for path in shard_paths:
         stored = read_metadata(path)
@@ -90,6 +98,7 @@ def gather_genomes(
     metadata = {
         **provenance("bacformer_genomes", {"shards": len(shard_paths), **params}),
         **{key: stored[key] for key in (VERSIONS_KEY, MODEL_KEY, *RECIPE_KEYS) if key in stored},
+        **lineage(None, job_identity),
     }
     schema = pq.read_schema(shard_paths[0]).remove_metadata()
     total = 0

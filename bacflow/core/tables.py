@@ -80,6 +80,25 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 _SHARD_ENTRY = re.compile(r"^shard=\d+(\.parquet)?$")
 
 
+#: A bucket's entry in its stage's folder: a file (``bucket=0001.parquet``) or a folder (``bucket=0001/``).
+_BUCKET_ENTRY = re.compile(r"^bucket=(\d+)(\.parquet)?$")
+
+
+def remove_stale_buckets(folder: str | Path, n_buckets: int) -> list[Path]:
+    """Delete the bucket entries of `folder` numbered `n_buckets` or above: what a run with more buckets left.
+
+    Left there, reading the folder as a dataset would return their rows too. Only the job of bucket 0 calls it
+    (every bucket job re-runs when the count changes), so no other writer is at work on these names. Returns what
+    was removed."""
+    removed = []
+    for entry in sorted(Path(folder).iterdir()):
+        match = _BUCKET_ENTRY.match(entry.name)
+        if match and int(match.group(1)) >= n_buckets:
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
 def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
     """Delete the shard entries in the folders of `current` (the files of the run's plan) that are not theirs.
 

@@ -14,7 +14,7 @@
 Bucket folders outlive the run (small once their rows are read), so that the workflow can tell shard jobs
 apart: appending genomes re-runs every bucket job (each embeds only the new sequences) but only the new
 shards' gathers, since a gathered shard that is still current depends on the bucket folders by their
-existence alone (``ancient`` in the rule).
+existence alone (`bacflow.core.freshness` says how, and why every job below the gathers does the same).
 
 The recipe key is worked out in the bucket jobs, where the device (and so the "auto" dtype) and a local
 model's checksum are known; every output names it in its metadata, and the gather refuses vectors of
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +36,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import check_lineage, lineage
 from bacflow.core.models import choose_device, resolve_model
 from bacflow.core.provenance import CORE_PACKAGES, provenance
-from bacflow.core.tables import atomic_path, read_metadata, remove_leftovers, remove_stale_shards, write_parquet
+from bacflow.core.tables import (
+    atomic_path,
+    read_metadata,
+    remove_leftovers,
+    remove_stale_buckets,
+    remove_stale_shards,
+    write_parquet,
+)
 from bacflow.embeddings.encoders import encoder_family
 from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
@@ -227,6 +235,9 @@ def embed_bucket(
         dim,
         metadata,
     )
+    if bucket == 0:
+        for path in remove_stale_buckets(Path(out_dir).parent, n_buckets):
+            log.info("removed %s: not a bucket of this run's plan", path)
     return {
         "recipe": recipe.key,
         "sequences": sequences.num_rows,
@@ -353,11 +364,13 @@ def gather_shard(
     out_path: str | Path,
     qc_path: str | Path,
     store_root: str | Path,
+    job_identity: str | None = None,
 ) -> int:
     """Write the shard's protein vectors in genome order, and its per-genome QC; return the protein count.
 
     Reads the shard's rows of every bucket folder (and deletes them once the outputs are written), or,
-    where a bucket job wrote none for this shard, the store of the bucket's recipe.
+    where a bucket job wrote none for this shard, the store of the bucket's recipe. Both outputs record the
+    content id of the proteins they were made from and `job_identity` (`bacflow.core.freshness`).
     """
     proteins = pq.read_table(proteins_path, columns=["genome_id", "contig_index", "protein_index", "seq_hash"])
     infos = {Path(folder): _bucket_info(folder) for folder in bucket_dirs}
@@ -397,6 +410,7 @@ def gather_shard(
         **provenance("embed_gather", {"shard": shard}, ML_PACKAGES),
         RECIPE_KEY: recipe.key,
         RECIPE: json.dumps(info["recipe"], sort_keys=True),
+        **lineage(proteins_path, job_identity),
     }
     write_parquet(table, out_path, metadata)
     write_parquet(_genome_qc(proteins, picked), qc_path, metadata)
@@ -475,17 +489,23 @@ def _genome_qc(proteins: pa.Table, picked: pa.Table) -> pa.Table:
 
 
 def embedding_qc(
-    shard_qc_paths: Iterable[str | Path], out_path: str | Path, vectors_paths: Iterable[str | Path] = ()
+    shard_qc_paths: Sequence[str | Path],
+    out_path: str | Path,
+    vectors_paths: Iterable[str | Path] = (),
+    proteins_paths: Sequence[str | Path] | None = None,
+    job_identity: str | None = None,
 ) -> int:
     """Concatenate the shards' per-genome embedding QC; return the number of genomes. Other shards' files
-    in the vectors and QC folders are removed (see `remove_stale_shards`)."""
+    in the vectors and QC folders are removed (see `remove_stale_shards`). With `proteins_paths` (the shards'
+    protein tables, in the same order), each QC shard must be of its protein shard's current rows."""
     shard_qc_paths = list(shard_qc_paths)
     for path in remove_stale_shards([*shard_qc_paths, *vectors_paths]):
         log.info("removed %s: not a shard of this run's plan", path)
+    if proteins_paths is not None:
+        check_lineage(shard_qc_paths, proteins_paths)
     tables = [pq.read_table(path, schema=QC_SCHEMA) for path in shard_qc_paths]
     qc = pa.concat_tables(tables) if tables else QC_SCHEMA.empty_table()
     recipes = {read_metadata(path).get(RECIPE_KEY) for path in shard_qc_paths} - {None}
-    write_parquet(
-        qc, out_path, {**provenance("embed_qc", {"shards": len(tables)}), RECIPE_KEY: ",".join(sorted(recipes))}
-    )
+    metadata = {**provenance("embed_qc", {"shards": len(tables)}), RECIPE_KEY: ",".join(sorted(recipes))}
+    write_parquet(qc, out_path, {**metadata, **lineage(None, job_identity)})
     return qc.num_rows

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from bacflow.bacformer.constants import IGNORE_INDEX
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import check_lineage, lineage
 from bacflow.core.provenance import provenance
 from bacflow.core.tables import atomic_path, parquet_writer
 
@@ -204,15 +205,23 @@ def build_corpus_shard(
     families_path: str | Path,
     members: Iterable[Mapping[str, Any]],
     outputs: Mapping[str, str | Path],
+    proteins_path: str | Path | None = None,
+    job_identity: str | None = None,
 ) -> dict[str, int]:
     """Write one protein shard's genomes to their splits' files (``outputs``: split → path; every split gets a
     file, possibly without rows). ``members``: the shard's sheet rows with their ``split`` already assigned.
+    With `proteins_path` (the shard's protein table), the vectors must have been gathered from its current rows.
     Returns the number of genomes per split."""
     members = list(members)
+    if proteins_path is not None:
+        check_lineage([vectors_path], [proteins_path])
     split_of = {member["genome_id"]: member["split"] for member in members}
     rows = corpus_rows(vectors_path, families_path, {m["genome_id"]: m["kind"] for m in members})
     splits = pa.array([split_of[genome] for genome in rows.column("genome_id").to_pylist()], pa.string())
-    metadata = provenance("pretrain_corpus", {"members": members}, _PACKAGES)
+    metadata = {
+        **provenance("pretrain_corpus", {"members": members}, _PACKAGES),
+        **lineage(proteins_path, job_identity),
+    }
     counts = {}
     for split in SPLITS:
         part = rows.filter(pc.equal(splits, split))

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import CONTENT_KEY, content_id
 from bacflow.core.provenance import provenance
 from bacflow.core.samples import Sample
 from bacflow.core.tables import atomic_path, remove_stale_shards, write_parquet
@@ -46,7 +47,7 @@ def proteins_shard(
             f"{quarantined[0]['genome_id']}: {quarantined[0]['quarantine_reason']}"
         )
     metadata = provenance("proteins", {"annotation": params.as_dict(), "strict": config.get("strict", False)})
-    write_parquet(proteins, proteins_path, metadata)
+    write_parquet(proteins, proteins_path, {**metadata, CONTENT_KEY: content_id(proteins)})
     write_parquet(qc, qc_path, metadata)
     distinct = write_shard_unique(proteins, unique_path)
     log.info(

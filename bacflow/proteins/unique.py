@@ -16,6 +16,7 @@ their statistics): changing the bucket count re-runs only the bucket jobs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import pyarrow.parquet as pq
 
 from bacflow.core.provenance import provenance
 from bacflow.core.seqhash import seq_hash
-from bacflow.core.tables import write_parquet
+from bacflow.core.tables import remove_stale_buckets, write_parquet
+
+log = logging.getLogger("bacflow")
 
 UNIQUE_SCHEMA = pa.schema(
     [
@@ -82,12 +85,16 @@ def write_shard_unique(proteins: pa.Table, out_path: str | Path) -> int:
 
 
 def gather_bucket(shard_unique_paths: Iterable[str | Path], bucket: int, n_buckets: int, out_path: str | Path) -> int:
-    """Write one bucket's distinct sequences across all shards; return how many there are."""
+    """Write one bucket's distinct sequences across all shards; return how many there are. Bucket 0 also removes
+    the files of buckets beyond `n_buckets` (`remove_stale_buckets`)."""
     rows = bucket_filter(bucket, n_buckets)
     parts = [pq.read_table(path, filters=rows, columns=UNIQUE_SCHEMA.names) for path in shard_unique_paths]
     table = pa.concat_tables(parts) if parts else UNIQUE_SCHEMA.empty_table()
     unique = _sum_by_hash(table)
     write_parquet(unique, out_path, provenance("unique_bucket", {"bucket": bucket, "buckets": n_buckets}))
+    if bucket == 0:
+        for path in remove_stale_buckets(Path(out_path).parent, n_buckets):
+            log.info("removed %s: not a bucket of this run's plan", path)
     return unique.num_rows
 
 
