@@ -54,6 +54,14 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
     if header is None:
         raise InputError(f"{sheet}: the sample sheet is empty")
     header = [cell.strip() for cell in header]
+    for name in _COLUMNS:
+        # Which of two same-named columns is meant is a guess: neither is read.
+        positions = [index + 1 for index, cell in enumerate(header) if cell == name]
+        if len(positions) > 1:
+            listed = ", ".join(map(str, positions[:-1])) + f" and {positions[-1]}"
+            raise InputError(
+                f"{sheet}, line {header_line} (header): column '{name}' appears more than once (columns {listed})"
+            )
     for required in ("genome_id", "path"):
         if required not in header:
             raise InputError(

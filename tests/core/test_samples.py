@@ -145,6 +145,19 @@ def test_missing_required_column_names_the_header_line(tmp_path: Path, missing: 
     assert str(raised.value).startswith(f"{sheet}, line 1 (header): no '{missing}' column"), str(raised.value)
 
 
+def test_a_duplicated_column_names_both_positions(tmp_path: Path):
+    """Two 'path' columns: which one would be read is a guess, so neither is."""
+    header = ("genome_id", "path", "kind", "path")
+    row = ("SRR492066", str(SMALL_GENOME), "mag", str(PYRODIGAL_DATA / "KK037166.fna.gz"))
+    sheet = write_sheet(tmp_path / "samples.tsv", [row], header=header)
+    with pytest.raises(InputError) as raised:
+        read_samples(sheet)
+    assert str(raised.value) == f"{sheet}, line 1 (header): column 'path' appears more than once (columns 2 and 4)"
+    # Columns that are not read may repeat (blank names of trailing cells, say).
+    write_sheet(sheet, [(*row, "", "")], header=(*header[:3], "note", "", ""))
+    assert [sample.path for sample in read_samples(sheet)] == [str(SMALL_GENOME)]
+
+
 def test_missing_sheet(tmp_path: Path):
     sheet = tmp_path / "absent.tsv"
     with pytest.raises(InputError) as raised:
