@@ -101,6 +101,26 @@ def test_unreadable_path_names_its_line_and_column(tmp_path: Path):
         read_samples(sheet)
 
 
+@pytest.mark.parametrize(
+    ("make", "what", "link"),
+    [
+        pytest.param(
+            lambda path: path.symlink_to(os.devnull), "a character device", f" (a link to {os.devnull})", id="dev-null"
+        ),
+        pytest.param(os.mkfifo, "a FIFO", "", id="fifo"),
+    ],
+)
+def test_a_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path, make, what: str, link: str):
+    make(tmp_path / "genome.fna")
+    sheet = write_sheet(tmp_path / "samples.tsv", [GOOD_ROW, with_cell(OTHER_GENOME, "path", "genome.fna")])
+    with pytest.raises(InputError) as raised:
+        read_samples(sheet)
+    assert str(raised.value) == (
+        f"{sheet}, line 3 (genome_id 'KK037166'), column 'path': {what}, not a regular file: "
+        f"{tmp_path / 'genome.fna'}{link}"
+    )
+
+
 def test_a_duplicate_names_both_lines(tmp_path: Path):
     """The first line of a duplicated genome_id is found again, blank lines counted, only for the message."""
     rows = [OTHER_GENOME, GOOD_ROW, ("",) * len(HEADER), GOOD_ROW]
