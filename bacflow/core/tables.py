@@ -43,10 +43,10 @@ def remove_leftovers(path: str | Path) -> None:
         _remove(left)
 
 
-def _remove(path: Path) -> None:
-    """Remove a file or a folder, if it is there."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+def _remove(path: Path, *, ignore_errors: bool = True) -> None:
+    """Remove a file, a folder or a link (the link itself, never what it points to), if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
     else:
         path.unlink(missing_ok=True)
 
@@ -85,7 +85,9 @@ def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
 
     They are what a plan that no longer holds left behind (another ``shard_size``, genomes removed from the
     sheet): left there, reading the folder as a dataset would return their rows too. Paths outside a shard
-    entry (library callers may name their files freely) make no folder a dataset. Returns what was removed.
+    entry (library callers may name their files freely) make no folder a dataset. An entry that is a link loses the
+    link, never what it points to. Returns what was removed; one that cannot be removed raises its OSError (left
+    there, it would be read with the dataset).
     """
     kept: dict[Path, set[str]] = {}
     for path in map(Path, current):
@@ -96,6 +98,6 @@ def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
     for folder, names in kept.items():
         for entry in sorted(folder.iterdir()):
             if _SHARD_ENTRY.match(entry.name) and entry.name not in names:
-                _remove(entry)
+                _remove(entry, ignore_errors=False)
                 removed.append(entry)
     return removed

@@ -75,6 +75,25 @@ def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
     assert remove_stale_shards([tmp_path / "elsewhere.parquet"]) == [] and (tmp_path / "shard=00009.parquet").exists()
 
 
+def test_a_stale_shard_that_is_a_link_is_removed_and_its_target_kept(tmp_path: Path):
+    """A shard folder or file linked from elsewhere (a user's own layout): the link goes, what it points to stays."""
+    dataset, files, elsewhere = tmp_path / "proteins", tmp_path / "shards", tmp_path / "elsewhere"
+    write_parquet(pa.table({"x": [1]}), dataset / "shard=00000" / "part-0.parquet", {})
+    write_parquet(pa.table({"x": [1]}), elsewhere / "shard=00001" / "part-0.parquet", {})
+    write_parquet(pa.table({"x": [1]}), elsewhere / "shard=00001.parquet", {})
+    files.mkdir()
+    (dataset / "shard=00001").symlink_to(elsewhere / "shard=00001", target_is_directory=True)
+    (files / "shard=00001.parquet").symlink_to(elsewhere / "shard=00001.parquet")
+    removed = remove_stale_shards([dataset / "shard=00000" / "part-0.parquet", files / "shard=00000.parquet"])
+    assert removed == [dataset / "shard=00001", files / "shard=00001.parquet"]
+    assert sorted(os.listdir(dataset)) == ["shard=00000"] and os.listdir(files) == []
+    assert sorted(path.relative_to(elsewhere).as_posix() for path in elsewhere.rglob("*")) == [
+        "shard=00001",
+        "shard=00001.parquet",
+        "shard=00001/part-0.parquet",
+    ]
+
+
 def test_scratch_dir_removes_what_killed_processes_left_and_nothing_else(tmp_path: Path):
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
