@@ -305,11 +305,25 @@ def model_folder(model: str, revision: str | None, **where: str) -> Path:
     return Path(model) if revision is None else Path(resolve_model(model, revision, **where).path)
 
 
+def _folder_setting(key: str, value: str) -> Path:
+    """The folder that config key `key` names, refused where it, or the nearest of its parents that exists, is not a
+    folder: otherwise every job writing there would fail, each with a traceback."""
+    path = Path(value)
+    existing = next((part for part in (path, *path.parents) if part.exists()), None)
+    if existing is not None and not existing.is_dir():
+        made = "" if existing == path else f" cannot be made: {existing}"
+        raise InputError(f"config key '{key}': {path}{made} is a file, not a folder")
+    return path
+
+
 def make_plan(config: dict[str, Any]) -> RunPlan:
     """The plan of a run with `config` (checked, and its defaults filled in, here). Raises InputError with one
     line naming what is wrong: a config key, a sheet row, a vocabulary, a Bacformer model name."""
     check_config(config)
-    outdir = Path(config["outdir"])
+    outdir = _folder_setting("outdir", config["outdir"])
+    # The store outlives runs when embedding_store names a shared folder; by default it is the run's own.
+    shared = config["embedding_store"]
+    store = _folder_setting("embedding_store", shared) if shared else outdir / "embeddings"
     try:
         samples = read_samples(config["samples"])
     except InputError as error:
@@ -334,8 +348,7 @@ def make_plan(config: dict[str, Any]) -> RunPlan:
         family_params=family_params,
         family_vocab=families["vocab"],
         families=outdir / "families" / "families.parquet",
-        # The store outlives runs when embedding_store names a shared folder; by default it is the run's own.
-        embedding_store=Path(config["embedding_store"] or outdir / "embeddings"),
+        embedding_store=store,
         embedding_settings=EmbeddingSettings.from_config(config["embeddings"]).output_params(),
         bacformer_model_id=model_id,
         bacformer_pretrain_run=pretrain_run(model_id),

@@ -130,6 +130,20 @@ def test_errors_are_one_line_naming_what_is_wrong(tmp_path: Path):
         make_plan(config(tmp_path, bacformer={"mode": "sideways"}))
 
 
+@pytest.mark.parametrize("key", ["outdir", "embedding_store"])
+def test_a_folder_setting_that_names_a_file_is_refused(tmp_path: Path, key: str):
+    """Jobs would fail creating folders under it; planning says so first, in one line."""
+    file = tmp_path / "taken"
+    file.write_text("a file where a folder is meant")
+    for value, message in (
+        (file, f"config key '{key}': {file} is a file, not a folder"),
+        (file / "results", f"config key '{key}': {file / 'results'} cannot be made: {file} is a file, not a folder"),
+    ):
+        with pytest.raises(InputError) as raised:
+            make_plan(config(tmp_path) | {key: str(value)})
+        assert str(raised.value) == message
+
+
 def test_the_bacformer_family_chooses_the_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     large_id = "macwiatrak/bacformer-large-masked-MAG"
     calls = fake_hub(tmp_path, monkeypatch, {large_id: LARGE_CHECKPOINT, "Synthyra/ESMplusplus_small": ESMC_300M})
