@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bacflow.core.errors import FULL_DISK
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -30,8 +32,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if temporary.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         _remove(temporary)
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            # Writers name the temporary file, or (pyarrow) none: the job's one-line message names the output.
+            written = str(path) if error.filename is None else str(error.filename).replace(str(temporary), str(path))
+            raise OSError(error.errno, error.strerror, written) from error
         raise
 
 

@@ -3,6 +3,7 @@ cleared of other plans' shards; scratch folders that killed jobs leave behind.""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow.core.scratch import scratch_dir
-from bacflow.core.tables import parquet_writer, read_metadata, remove_stale_shards, write_parquet
+from bacflow.core.tables import atomic_path, parquet_writer, read_metadata, remove_stale_shards, write_parquet
 
 TABLE = pa.table({"genome_id": ["a", "b"], "n": [1, 2]})
 
@@ -48,6 +49,17 @@ def test_a_failed_streamed_write_leaves_nothing(tmp_path: Path) -> None:
         writer.write_table(TABLE)
         writer.write_table(TABLE)
     assert pq.read_table(path).num_rows == 4 and read_metadata(path) == {"bacflow.stage": "test"}
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path: Path) -> None:
+    """The error a job reports names the output being written, not the temporary name it was written under."""
+    path = tmp_path / "model"
+    with pytest.raises(OSError) as raised, atomic_path(path) as temporary:
+        temporary.mkdir()
+        (temporary / "weights.bin").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temporary / "weights.bin"))
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path / "weights.bin")
+    assert os.listdir(tmp_path) == []
 
 
 def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
