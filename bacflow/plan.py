@@ -39,7 +39,7 @@ from bacflow.core.freshness import identity
 from bacflow.core.models import planned_model, resolve_model
 from bacflow.core.samples import Sample, assign_shards, read_samples
 from bacflow.core.schemas import check_config
-from bacflow.embeddings.encoders import encoder_family, hub_encoder_family
+from bacflow.embeddings.encoders import ENCODER_NAMES, encoder_family, hub_encoder_family
 from bacflow.embeddings.stage import EmbeddingSettings
 from bacflow.embeddings.tiny import ESM2_GEOMETRIES, ESMC_GEOMETRIES
 from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
@@ -241,8 +241,7 @@ class RunPlan:
     def bacformer_model(self) -> tuple[str, str | None]:
         """(model, revision) for the Bacformer shard jobs: a folder, or a hub id resolved once, on first use; a model
         that cannot take this run's vectors (another encoder's, or another width) fails here, naming both."""
-        family = self.bacformer_family
-        self._check_takes_vectors(family, f"bacformer.model {self.bacformer_model_id}")
+        self._check_takes_vectors(self.bacformer_family, self._bacformer_described)
         if not (self.bacformer["tiny_model"] or self._bacformer_is_this_pretraining):
             width, vectors = hidden_size(self._bacformer_folder), self.vector_width
             if width != vectors:
@@ -252,16 +251,31 @@ class RunPlan:
                 )
         return self._bacformer_source
 
-    def _check_takes_vectors(self, family: ModelFamily, what: str) -> None:
-        if family.encoder != self.encoder:
-            given = "the tiny model" if self.esm["tiny_model"] else f"embeddings.model {self.esm['model']}"
-            if self.esm["model"] == "auto":
-                given += f" (what the Bacformer {self.bacformer_family.name} of bacformer.model needs)"
-            raise InputError(
-                f"{what} is a Bacformer {family.name}, which takes {family.encoder} vectors "
-                f"({family.embedding_model}), but this run's vectors are {self.encoder}, from {given}: "
-                f"set embeddings.model to auto or to a {family.encoder} model"
-            )
+    @property
+    def _bacformer_described(self) -> str:
+        """The Bacformer that runs, as messages name it: the tiny model, not the hub id left in bacformer.model."""
+        family = self.bacformer_family
+        if self.bacformer["tiny_model"]:
+            return f"the tiny {family.title} (bacformer.tiny_model: {str(self.bacformer['tiny_model']).lower()})"
+        return f"bacformer.model {self.bacformer_model_id} (a {family.title})"
+
+    def _check_takes_vectors(self, family: ModelFamily, model: str) -> None:
+        """Refuse `model` (as messages name it), of `family`, unless this run's vectors are its encoder's."""
+        if family.encoder == self.encoder:
+            return
+        encoder = ENCODER_NAMES[family.encoder]
+        if self.esm["tiny_model"] or self.esm["model"] == "auto":
+            # The vectors are those the Bacformer takes, so the model refused is pretraining's: the Bacformer stage can
+            # run the model pretraining trains instead, whose vectors then follow it.
+            setting = "embeddings.tiny_model" if self.esm["tiny_model"] else "embeddings.model auto"
+            given = f"{setting}, the encoder of {self._bacformer_described}"
+            fix = f"bacformer.model to pretrain or to a {family.title}"
+        else:
+            given, fix = f"embeddings.model {self.esm['model']}", f"embeddings.model to auto or to an {encoder} model"
+        raise InputError(
+            f"{model} takes {encoder} vectors ({family.embedding_model}), but this run's vectors are "
+            f"{ENCODER_NAMES[self.encoder]}, from {given}: set {fix}"
+        )
 
     @property
     def vector_width(self) -> int:
@@ -313,8 +327,9 @@ class RunPlan:
     def pretrain_params(self) -> dict[str, Any]:
         """The pretraining block as the training job's params: its family worked out, and a new model's geometry
         the family's published one where the config leaves it out."""
-        family = self.pretrain_family
-        self._check_takes_vectors(family, f"pretrain.family {self.pretrain['family']} (here {family.name})")
+        family, setting, init_from = self.pretrain_family, self.pretrain["family"], self.pretrain["init_from"]
+        chosen = f"auto: pretrain.init_from {init_from}'s" if setting == "auto" and init_from else setting
+        self._check_takes_vectors(family, f"the {family.title} that pretraining trains (pretrain.family {chosen})")
         return {
             **self.pretrain,
             "family": family.name,
@@ -334,11 +349,25 @@ def model_folder(model: str, revision: str | None, **where: str) -> Path:
     return Path(model) if revision is None else Path(resolve_model(model, revision, **where).path)
 
 
+def _folder_setting(key: str, value: str) -> Path:
+    """The folder that config key `key` names, refused where it, or the nearest of its parents that exists, is not a
+    folder: otherwise every job writing there would fail, each with a traceback."""
+    path = Path(value)
+    existing = next((part for part in (path, *path.parents) if part.exists()), None)
+    if existing is not None and not existing.is_dir():
+        made = "" if existing == path else f" cannot be made: {existing}"
+        raise InputError(f"config key '{key}': {path}{made} is a file, not a folder")
+    return path
+
+
 def make_plan(config: dict[str, Any]) -> RunPlan:
     """The plan of a run with `config` (checked, and its defaults filled in, here). Raises InputError with one
     line naming what is wrong: a config key, a sheet row, a vocabulary, a Bacformer model name."""
     check_config(config)
-    outdir = Path(config["outdir"])
+    outdir = _folder_setting("outdir", config["outdir"])
+    # The store outlives runs when embedding_store names a shared folder; by default it is the run's own.
+    shared = config["embedding_store"]
+    store = _folder_setting("embedding_store", shared) if shared else outdir / "embeddings"
     try:
         samples = read_samples(config["samples"])
     except InputError as error:
@@ -363,8 +392,7 @@ def make_plan(config: dict[str, Any]) -> RunPlan:
         family_params=family_params,
         family_vocab=families["vocab"],
         families=outdir / "families" / "families.parquet",
-        # The store outlives runs when embedding_store names a shared folder; by default it is the run's own.
-        embedding_store=Path(config["embedding_store"] or outdir / "embeddings"),
+        embedding_store=store,
         embedding_settings=EmbeddingSettings.from_config(config["embeddings"]).output_params(),
         bacformer_model_id=model_id,
         bacformer_pretrain_run=pretrain_run(model_id),

@@ -7,10 +7,33 @@ from bacflow.core.freshness import is_current
 from bacflow.plan import make_plan
 from bacflow.report import models_that_ran
 
+
+def refusal(error):
+    """How planning stops on a setting the plan refuses: with its one line. Snakemake prints any exception from a
+    rule file, input function or params under their traceback; SystemExit is the one it lets through, and Python
+    prints its message alone (status 1; a lock taken is released on the way out)."""
+    return SystemExit(f"bacflow: {error}")
+
+
+class OneLinePlan:
+    """The run plan, as the rule files read it. What it refuses, at once or when a job that needs a model is
+    planned (`RunPlan.bacformer_model`, `RunPlan.pretrain_params`...), is one line (`refusal`).
+    """
+
+    def __init__(self, plan):
+        self._plan = plan
+
+    def __getattr__(self, name):
+        try:
+            return getattr(self._plan, name)
+        except InputError as error:
+            raise refusal(error) from None
+
+
 try:
-    PLAN = make_plan(config)
+    PLAN = OneLinePlan(make_plan(config))
 except InputError as error:
-    raise WorkflowError(str(error)) from None
+    raise refusal(error) from None
 
 # Scripts import the bacflow package from this checkout, also inside per-rule conda envs
 # (set, not read: no envvars directive needed).
@@ -43,11 +66,9 @@ def print_quarantine_summary():
 
 def planned_model(stage):
     """(model, revision) of the "esm" or "bacformer" jobs, worked out when a job that needs it is planned; a hub
-    model that cannot be had fails planning in one line."""
-    try:
-        return getattr(PLAN, f"{stage}_model")
-    except InputError as error:
-        raise WorkflowError(str(error)) from None
+    model that cannot be had, or one that cannot take the run's vectors, fails planning in one line.
+    """
+    return getattr(PLAN, f"{stage}_model")
 
 
 def model_files(stage):

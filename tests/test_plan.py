@@ -130,6 +130,20 @@ def test_errors_are_one_line_naming_what_is_wrong(tmp_path: Path):
         make_plan(config(tmp_path, bacformer={"mode": "sideways"}))
 
 
+@pytest.mark.parametrize("key", ["outdir", "embedding_store"])
+def test_a_folder_setting_that_names_a_file_is_refused(tmp_path: Path, key: str):
+    """Jobs would fail creating folders under it; planning says so first, in one line."""
+    file = tmp_path / "taken"
+    file.write_text("a file where a folder is meant")
+    for value, message in (
+        (file, f"config key '{key}': {file} is a file, not a folder"),
+        (file / "results", f"config key '{key}': {file / 'results'} cannot be made: {file} is a file, not a folder"),
+    ):
+        with pytest.raises(InputError) as raised:
+            make_plan(config(tmp_path) | {key: str(value)})
+        assert str(raised.value) == message
+
+
 def test_the_bacformer_family_chooses_the_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     large_id = "macwiatrak/bacformer-large-masked-MAG"
     calls = fake_hub(tmp_path, monkeypatch, {large_id: LARGE_CHECKPOINT, "Synthyra/ESMplusplus_small": ESMC_300M})
@@ -172,7 +186,7 @@ def test_a_bacformer_fed_another_encoders_vectors_is_refused(tmp_path: Path, mon
         )
     )
     assert esm2_into_large.encoder == "esm2"  # the embeddings stage alone may run
-    with pytest.raises(InputError, match=r"bacformer-large-masked-MAG is a Bacformer large, which takes esmc .*esm2"):
+    with pytest.raises(InputError, match=r"bacformer-large-masked-MAG \(a Bacformer Large\) takes ESM-C .*ESM-2"):
         _ = esm2_into_large.bacformer_model
     esmc_into_base = make_plan(
         config(
@@ -181,7 +195,7 @@ def test_a_bacformer_fed_another_encoders_vectors_is_refused(tmp_path: Path, mon
             bacformer={"model": "macwiatrak/bacformer-masked-MAG"},
         )
     )
-    with pytest.raises(InputError, match=r"Bacformer base, which takes esm2 .* vectors are esmc"):
+    with pytest.raises(InputError, match=r"Bacformer base\) takes ESM-2 .* vectors are ESM-C"):
         _ = esmc_into_base.bacformer_model
     wider = make_plan(config(tmp_path, embeddings={"model": "facebook/esm2_t33_650M_UR50D"}))
     with pytest.raises(InputError, match="takes 480-wide protein vectors, but .*esm2_t33_650M_UR50D gives 1280-wide"):
@@ -192,6 +206,42 @@ def test_a_bacformer_fed_another_encoders_vectors_is_refused(tmp_path: Path, mon
     (folder / "config.json").write_text(json.dumps(ESM2_35M))
     with pytest.raises(InputError, match="model_type 'esm', not 'bacformer'"):
         _ = make_plan(config(tmp_path, bacformer={"model": str(folder)})).encoder
+
+
+def test_a_refusal_names_the_model_that_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The tiny Large runs, not the hub id left in bacformer.model; pretraining's model is the one it trains."""
+    fake_hub(tmp_path, monkeypatch, {"facebook/esm2_t12_35M_UR50D": ESM2_35M})
+    esm2 = {"model": "facebook/esm2_t12_35M_UR50D"}
+    with pytest.raises(InputError) as raised:
+        _ = make_plan(config(tmp_path, embeddings=esm2, bacformer={"tiny_model": "large"})).bacformer_model
+    assert str(raised.value) == (
+        "the tiny Bacformer Large (bacformer.tiny_model: large) takes ESM-C vectors (Synthyra/ESMplusplus_small), "
+        "but this run's vectors are ESM-2, from embeddings.model facebook/esm2_t12_35M_UR50D: "
+        "set embeddings.model to auto or to an ESM-C model"
+    )
+    with pytest.raises(InputError) as raised:
+        _ = make_plan(config(tmp_path, pretrain={"family": "large"})).pretrain_params
+    assert str(raised.value) == (
+        "the Bacformer Large that pretraining trains (pretrain.family large) takes ESM-C vectors "
+        "(Synthyra/ESMplusplus_small), but this run's vectors are ESM-2, from embeddings.model auto, the encoder of "
+        "bacformer.model macwiatrak/bacformer-masked-complete-genomes (a Bacformer base): "
+        "set bacformer.model to pretrain or to a Bacformer Large"
+    )
+    tiny = {"tiny_model": True}
+    folder = tmp_path / "large-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LARGE_CHECKPOINT))
+    with pytest.raises(InputError) as raised:
+        _ = make_plan(
+            config(tmp_path, embeddings=tiny, bacformer=tiny, pretrain={"init_from": str(folder)})
+        ).pretrain_params
+    assert str(raised.value).startswith(
+        f"the Bacformer Large that pretraining trains (pretrain.family auto: pretrain.init_from {folder}'s) takes "
+    )
+    assert str(raised.value).endswith(
+        "but this run's vectors are ESM-2, from embeddings.tiny_model, the encoder of the tiny Bacformer base "
+        "(bacformer.tiny_model: true): set bacformer.model to pretrain or to a Bacformer Large"
+    )
 
 
 def test_pretraining_either_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -213,7 +263,7 @@ def test_pretraining_either_family(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "final_layer_dropout_prob": 0.1,
     }
     # A Large to pretrain while the run's vectors are ESM-2 (for the base model in bacformer.model) is refused.
-    with pytest.raises(InputError, match="pretrain.family large .* takes esmc vectors .* vectors are esm2"):
+    with pytest.raises(InputError, match=r"pretrain.family large\) takes ESM-C vectors .* vectors are ESM-2"):
         _ = make_plan(config(tmp_path, pretrain={"family": "large"})).pretrain_params
     # Continued pretraining follows init_from's family.
     folder = tmp_path / "large-model"

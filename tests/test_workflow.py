@@ -144,6 +144,39 @@ def test_an_unknown_config_key_is_one_line(tmp_path: Path, setting: str, message
     assert len(output) <= 3, "\n".join(output)
 
 
+@pytest.mark.parametrize(
+    ("target", "settings", "message"),
+    [
+        pytest.param(
+            "bacformer",
+            ("embeddings={{tiny_model: false, model: {esm2}}}", "bacformer={{tiny_model: large}}"),
+            "bacflow: the tiny Bacformer Large (bacformer.tiny_model: large) takes ESM-C vectors",
+            id="input-function",
+        ),
+        pytest.param(
+            "pretrain",
+            ("embeddings={{tiny_model: true}}", "bacformer={{tiny_model: true}}", "pretrain={{family: large}}"),
+            "bacflow: the Bacformer Large that pretraining trains (pretrain.family large) takes ESM-C vectors",
+            id="params",
+        ),
+        pytest.param("proteins", ("outdir={esm2}/config.json",), "is a file, not a folder", id="config"),
+    ],
+)
+def test_a_refusal_when_planned_is_one_line(tmp_path: Path, target: str, settings: tuple[str, ...], message: str):
+    """Whether the plan refuses the config at once or a rule's input function or params find it out (a model worked
+    out when a job needs it): the message alone, no traceback of the rule file that asked."""
+    write_sheet(tmp_path / "samples.tsv", [("ok", str(PYRODIGAL_DATA / "KK037166.fna.gz"), "11", "draft")])
+    esm2 = tmp_path / "esm2"  # a local ESM-2: its family is read from config.json, without the hub
+    esm2.mkdir()
+    (esm2 / "config.json").write_text('{"model_type": "esm", "hidden_size": 480}')
+    config = [f"samples={tmp_path / 'samples.tsv'}", *(setting.format(esm2=esm2) for setting in settings)]
+    result = snakemake(tmp_path, target, "--dry-run", "--config", *config, check=False)
+    output = (result.stdout + result.stderr).splitlines()
+    assert result.returncode != 0
+    assert len([line for line in output if message in line]) == 1, "\n".join(output)
+    assert not [line for line in output if "Traceback" in line or 'File "' in line], "\n".join(output)
+
+
 def test_config_values_on_the_command_line_are_read_as_yaml(tmp_path: Path):
     """`--config` hands `true` and nested values over as text; they mean what they mean in a config file."""
     write_sheet(tmp_path / "samples.tsv", [("ok", str(PYRODIGAL_DATA / "KK037166.fna.gz"), "11", "draft")])

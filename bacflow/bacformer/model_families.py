@@ -23,6 +23,7 @@ from bacflow.core.errors import InputError
 @dataclass(frozen=True)
 class ModelFamily:
     name: str  #: "base" or "large"
+    title: str  #: how messages name it
     config_class: str  #: the config class's name in bacflow (and in the reference)
     encoder: str  #: the protein-embedding encoder its input vectors come from: "esm2" or "esmc"
     embedding_model: str  #: the hub model of those vectors, as the published checkpoints were trained on
@@ -37,6 +38,7 @@ class ModelFamily:
 
 BASE = ModelFamily(
     name="base",
+    title="Bacformer base",
     config_class="BacformerConfig",
     encoder="esm2",
     embedding_model="facebook/esm2_t12_35M_UR50D",
@@ -54,6 +56,7 @@ BASE = ModelFamily(
 )
 LARGE = ModelFamily(
     name="large",
+    title="Bacformer Large",
     config_class="BacformerLargeConfig",
     encoder="esmc",
     embedding_model="Synthyra/ESMplusplus_small",

@@ -54,6 +54,14 @@ def read_samples(sheet: str | Path, schema_path: str | Path = SAMPLES_SCHEMA) ->
     if header is None:
         raise InputError(f"{sheet}: the sample sheet is empty")
     header = [cell.strip() for cell in header]
+    for name in _COLUMNS:
+        # Which of two same-named columns is meant is a guess: neither is read.
+        positions = [index + 1 for index, cell in enumerate(header) if cell == name]
+        if len(positions) > 1:
+            listed = ", ".join(map(str, positions[:-1])) + f" and {positions[-1]}"
+            raise InputError(
+                f"{sheet}, line {header_line} (header): column '{name}' appears more than once (columns {listed})"
+            )
     for required in ("genome_id", "path"):
         if required not in header:
             raise InputError(
@@ -214,14 +222,27 @@ def _readable(path: str, sheet: Path, line: int, record: dict[str, Any], column:
         info = None
     if info is not None and stat.S_ISREG(info.st_mode) and os.access(path, os.R_OK):
         return path, (info.st_size, info.st_mtime_ns)
-    problem = (
-        "a folder, not a file"
-        if info is not None and stat.S_ISDIR(info.st_mode)
-        else "file not found"
-        if info is None or not stat.S_ISREG(info.st_mode)
-        else "file not readable"
-    )
-    raise InputError(f"{_where(sheet, line, record)}, column '{column}': {problem}: {path}")
+    if info is None:
+        problem = "file not found"
+    elif stat.S_ISDIR(info.st_mode):
+        problem = "a folder, not a file"
+    elif not stat.S_ISREG(info.st_mode):
+        # A device, FIFO or socket (often a link to one, as to /dev/null): reading it hangs or gives nothing.
+        kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+        problem = f"{kind}, not a regular file"
+    else:
+        problem = "file not readable"
+    link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    raise InputError(f"{_where(sheet, line, record)}, column '{column}': {problem}: {path}{link}")
+
+
+#: How messages name a path that is neither a file nor a folder.
+_SPECIAL_FILES: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def assign_shards(samples: list[Sample], shard_size: int) -> dict[str, list[Sample]]:

@@ -49,7 +49,9 @@ def check_config(config: dict[str, Any], schema_path: str | Path = CONFIG_SCHEMA
 
 def _read_text_values(instance: Any, schema: dict[str, Any]) -> Any:
     """`instance` with each text value that its schema refuses replaced by its YAML reading, where the schema
-    takes that: Snakemake's ``--config`` passes ``true`` and every value of a nested mapping as text."""
+    takes that reading's type: Snakemake's ``--config`` passes ``true`` and every value of a nested mapping as
+    text. A reading of the right type that is still wrong (``0`` for a key of at least 1) replaces the text too,
+    so that the message says what is wrong with the number, not that text is no number."""
     if isinstance(instance, dict):
         properties = schema.get("properties", {})
         for key, value in instance.items():
@@ -63,7 +65,7 @@ def _read_text_values(instance: Any, schema: dict[str, Any]) -> Any:
                 value = yaml.safe_load(instance)
             except yaml.YAMLError:
                 return instance
-            if validator.is_valid(value):
+            if not any(error.validator == "type" and not error.path for error in validator.iter_errors(value)):
                 return value
     return instance
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bacflow.core.errors import FULL_DISK
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -30,8 +32,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if temporary.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         _remove(temporary)
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            # Writers name the temporary file, or (pyarrow) none: the job's one-line message names the output.
+            written = str(path) if error.filename is None else str(error.filename).replace(str(temporary), str(path))
+            raise OSError(error.errno, error.strerror, written) from error
         raise
 
 
@@ -43,10 +49,10 @@ def remove_leftovers(path: str | Path) -> None:
         _remove(left)
 
 
-def _remove(path: Path) -> None:
-    """Remove a file or a folder, if it is there."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+def _remove(path: Path, *, ignore_errors: bool = True) -> None:
+    """Remove a file, a folder or a link (the link itself, never what it points to), if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
     else:
         path.unlink(missing_ok=True)
 
@@ -104,7 +110,9 @@ def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
 
     They are what a plan that no longer holds left behind (another ``shard_size``, genomes removed from the
     sheet): left there, reading the folder as a dataset would return their rows too. Paths outside a shard
-    entry (library callers may name their files freely) make no folder a dataset. Returns what was removed.
+    entry (library callers may name their files freely) make no folder a dataset. An entry that is a link loses the
+    link, never what it points to. Returns what was removed; one that cannot be removed raises its OSError (left
+    there, it would be read with the dataset).
     """
     kept: dict[Path, set[str]] = {}
     for path in map(Path, current):
@@ -115,6 +123,6 @@ def remove_stale_shards(current: Iterable[str | Path]) -> list[Path]:
     for folder, names in kept.items():
         for entry in sorted(folder.iterdir()):
             if _SHARD_ENTRY.match(entry.name) and entry.name not in names:
-                _remove(entry)
+                _remove(entry, ignore_errors=False)
                 removed.append(entry)
     return removed

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 #: config.json ``model_type`` -> encoder family (`bacflow.embeddings.recipe.FAMILIES`).
 MODEL_TYPES = {"esm": "esm2", "ESMplusplus": "esmc"}
+#: Encoder family -> how messages name it.
+ENCODER_NAMES = {"esm2": "ESM-2", "esmc": "ESM-C"}
 #: Hub organisations' model-name prefixes whose encoder family is known without reading config.json.
 HUB_PREFIXES = {"facebook/esm2_": "esm2", "Synthyra/ESMplusplus_": "esmc"}
 

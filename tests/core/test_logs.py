@@ -1,8 +1,9 @@
-"""`bacflow.core.logs.logging_to`, which every workflow script runs in: bad input ends the job with its one-line
-message (log and stderr) and no traceback; any other error keeps its traceback, for a bug report."""
+"""`bacflow.core.logs.logging_to`, which every workflow script runs in: bad input and a full disk end the job with
+a one-line message (log and stderr) and no traceback; any other error keeps its traceback, for a bug report."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,3 +45,40 @@ def test_other_errors_keep_their_traceback(tmp_path: Path, error: str):
     assert result.returncode == 1
     assert "Traceback" in result.stderr and f"{error}: " in result.stderr
     assert "Traceback" in log
+
+
+_WRITER = textwrap.dedent(
+    """
+    import errno, os, sys
+    import pyarrow as pa
+    from bacflow.core.logs import logging_to
+    from bacflow.core.tables import parquet_writer
+
+    table = pa.table({{"x": list(range(1000))}})
+    with logging_to(sys.argv[1]), parquet_writer(sys.argv[2], table.schema, {{}}) as writer:
+        writer.write_table(table)
+        raise OSError(errno.{code}, os.strerror(errno.{code}){filename})
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "filename", "message"),
+    [
+        # As pyarrow raises it: no file named, so the message names the file being written.
+        pytest.param("ENOSPC", "", "disk full at {out}", id="enospc"),
+        pytest.param("ENOSPC", ", '/scratch/elsewhere'", "disk full at /scratch/elsewhere", id="enospc-named"),
+        pytest.param("EDQUOT", "", "disk quota exceeded at {out}", id="quota"),
+    ],
+)
+def test_a_full_disk_fails_the_job_in_one_line_and_leaves_no_partial_output(
+    tmp_path: Path, code: str, filename: str, message: str
+):
+    script, log, out = tmp_path / "job.py", tmp_path / "logs" / "job.log", tmp_path / "results" / "table.parquet"
+    script.write_text(_WRITER.format(code=code, filename=filename))
+    result = subprocess.run([sys.executable, str(script), str(log), str(out)], capture_output=True, text=True, cwd=REPO)
+    message = message.format(out=out)
+    assert result.returncode == 1
+    assert result.stderr == f"bacflow: {message}\n"
+    assert f"ERROR bacflow: {message}" in log.read_text() and "Traceback" not in log.read_text()
+    assert os.listdir(out.parent) == []

@@ -101,6 +101,26 @@ def test_unreadable_path_names_its_line_and_column(tmp_path: Path):
         read_samples(sheet)
 
 
+@pytest.mark.parametrize(
+    ("make", "what", "link"),
+    [
+        pytest.param(
+            lambda path: path.symlink_to(os.devnull), "a character device", f" (a link to {os.devnull})", id="dev-null"
+        ),
+        pytest.param(os.mkfifo, "a FIFO", "", id="fifo"),
+    ],
+)
+def test_a_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path, make, what: str, link: str):
+    make(tmp_path / "genome.fna")
+    sheet = write_sheet(tmp_path / "samples.tsv", [GOOD_ROW, with_cell(OTHER_GENOME, "path", "genome.fna")])
+    with pytest.raises(InputError) as raised:
+        read_samples(sheet)
+    assert str(raised.value) == (
+        f"{sheet}, line 3 (genome_id 'KK037166'), column 'path': {what}, not a regular file: "
+        f"{tmp_path / 'genome.fna'}{link}"
+    )
+
+
 def test_a_duplicate_names_both_lines(tmp_path: Path):
     """The first line of a duplicated genome_id is found again, blank lines counted, only for the message."""
     rows = [OTHER_GENOME, GOOD_ROW, ("",) * len(HEADER), GOOD_ROW]
@@ -143,6 +163,19 @@ def test_missing_required_column_names_the_header_line(tmp_path: Path, missing: 
     with pytest.raises(InputError) as raised:
         read_samples(sheet)
     assert str(raised.value).startswith(f"{sheet}, line 1 (header): no '{missing}' column"), str(raised.value)
+
+
+def test_a_duplicated_column_names_both_positions(tmp_path: Path):
+    """Two 'path' columns: which one would be read is a guess, so neither is."""
+    header = ("genome_id", "path", "kind", "path")
+    row = ("SRR492066", str(SMALL_GENOME), "mag", str(PYRODIGAL_DATA / "KK037166.fna.gz"))
+    sheet = write_sheet(tmp_path / "samples.tsv", [row], header=header)
+    with pytest.raises(InputError) as raised:
+        read_samples(sheet)
+    assert str(raised.value) == f"{sheet}, line 1 (header): column 'path' appears more than once (columns 2 and 4)"
+    # Columns that are not read may repeat (blank names of trailing cells, say).
+    write_sheet(sheet, [(*row, "", "")], header=(*header[:3], "note", "", ""))
+    assert [sample.path for sample in read_samples(sheet)] == [str(SMALL_GENOME)]
 
 
 def test_missing_sheet(tmp_path: Path):

@@ -3,6 +3,7 @@ cleared of other plans' shards; scratch folders that killed jobs leave behind.""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bacflow.core.scratch import scratch_dir
-from bacflow.core.tables import parquet_writer, read_metadata, remove_stale_shards, write_parquet
+from bacflow.core.tables import atomic_path, parquet_writer, read_metadata, remove_stale_shards, write_parquet
 
 TABLE = pa.table({"genome_id": ["a", "b"], "n": [1, 2]})
 
@@ -50,6 +51,17 @@ def test_a_failed_streamed_write_leaves_nothing(tmp_path: Path) -> None:
     assert pq.read_table(path).num_rows == 4 and read_metadata(path) == {"bacflow.stage": "test"}
 
 
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path: Path) -> None:
+    """The error a job reports names the output being written, not the temporary name it was written under."""
+    path = tmp_path / "model"
+    with pytest.raises(OSError) as raised, atomic_path(path) as temporary:
+        temporary.mkdir()
+        (temporary / "weights.bin").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temporary / "weights.bin"))
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path / "weights.bin")
+    assert os.listdir(tmp_path) == []
+
+
 def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
     dataset, files = tmp_path / "proteins", tmp_path / "shards"
     for shard in ("00000", "00001", "00002"):
@@ -73,6 +85,25 @@ def test_remove_stale_shards_keeps_exactly_the_plans_shards(tmp_path: Path):
     ]
     (tmp_path / "shard=00009.parquet").write_text("beside a file named freely: kept")
     assert remove_stale_shards([tmp_path / "elsewhere.parquet"]) == [] and (tmp_path / "shard=00009.parquet").exists()
+
+
+def test_a_stale_shard_that_is_a_link_is_removed_and_its_target_kept(tmp_path: Path):
+    """A shard folder or file linked from elsewhere (a user's own layout): the link goes, what it points to stays."""
+    dataset, files, elsewhere = tmp_path / "proteins", tmp_path / "shards", tmp_path / "elsewhere"
+    write_parquet(pa.table({"x": [1]}), dataset / "shard=00000" / "part-0.parquet", {})
+    write_parquet(pa.table({"x": [1]}), elsewhere / "shard=00001" / "part-0.parquet", {})
+    write_parquet(pa.table({"x": [1]}), elsewhere / "shard=00001.parquet", {})
+    files.mkdir()
+    (dataset / "shard=00001").symlink_to(elsewhere / "shard=00001", target_is_directory=True)
+    (files / "shard=00001.parquet").symlink_to(elsewhere / "shard=00001.parquet")
+    removed = remove_stale_shards([dataset / "shard=00000" / "part-0.parquet", files / "shard=00000.parquet"])
+    assert removed == [dataset / "shard=00001", files / "shard=00001.parquet"]
+    assert sorted(os.listdir(dataset)) == ["shard=00000"] and os.listdir(files) == []
+    assert sorted(path.relative_to(elsewhere).as_posix() for path in elsewhere.rglob("*")) == [
+        "shard=00001",
+        "shard=00001.parquet",
+        "shard=00001/part-0.parquet",
+    ]
 
 
 def test_scratch_dir_removes_what_killed_processes_left_and_nothing_else(tmp_path: Path):
