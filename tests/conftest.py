@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import gzip
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from types import CodeType
 
 import pytest
 
 from bacflow.core.samples import Sample
 from bacflow.core.seqhash import HASH_HEX_DIGITS, seq_hash
+from bacflow.families import mmseqs
 from bacflow.proteins.annotate import AnnotationParams, GenomeProteins, annotate_genome
 from bacflow.proteins.assembly import read_assembly
 
@@ -33,6 +36,10 @@ needs_shared = pytest.mark.skipif(
 # ends with a ##FASTA section holding the same FASTA (checked in test_assembly.py).
 CT_114V1_FASTA = SHARED_DATA / "drafts" / "Ctrachomatis_114V1_GCF_003788785.1.fna.gz"
 CT_114V1_PRODIGAL_GFF = SHARED_DATA / "reference_outputs" / "Ctrachomatis_114V1_GCF_003788785.1.prodigal-2.6.3.gff.gz"
+needs_mmseqs = pytest.mark.skipif(
+    shutil.which(mmseqs.PROGRAM) is None, reason="MMseqs2 is not installed (`make system-deps` installs it)"
+)
+
 #: A small real genome (one 79,939 bp metagenomic contig) for tests that only need *a* good genome.
 SMALL_GENOME = PYRODIGAL_DATA / "SRR492066.fna.gz"
 
@@ -163,6 +170,34 @@ def pytest_configure(config: pytest.Config) -> None:
     # bacflow.proteins.genecall silences pyrodigal's short-training warning at import (QC records it instead), but
     # pytest re-applies its own warning filters around each test, which would bring it back.
     config.addinivalue_line("filterwarnings", "ignore:sequence should be at least:UserWarning")
+
+
+#: What a test calls to run Snakemake (tests/workflow_helpers.py): a test that does, itself or through a fixture,
+#: is a workflow test.
+_WORKFLOW_CALLS = frozenset({"snakemake", "planned_jobs", "workflow_rules", "SNAKEMAKE"})
+
+
+def _calls_snakemake(code: CodeType) -> bool:
+    return not _WORKFLOW_CALLS.isdisjoint(code.co_names) or any(
+        _calls_snakemake(const) for const in code.co_consts if isinstance(const, CodeType)
+    )
+
+
+def _runs_snakemake(item: pytest.Item) -> bool:
+    functions = [getattr(item, "function", None)]
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is not None:
+        functions += [definitions[-1].func for definitions in fixtures.name2fixturedefs.values()]
+    return any(_calls_snakemake(function.__code__) for function in functions if hasattr(function, "__code__"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that runs Snakemake `workflow` (found from the code of the test and its fixtures), and run
+    the unit tests first: a unit failure is reported in minutes, not after the workflow runs."""
+    workflow = {item for item in items if _runs_snakemake(item)}
+    for item in workflow:
+        item.add_marker(pytest.mark.workflow)
+    items.sort(key=lambda item: item in workflow)  # stable: files and tests keep their order within each group
 
 
 @pytest.fixture(scope="session")

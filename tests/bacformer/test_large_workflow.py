@@ -11,7 +11,6 @@ strain) with a tiny random ESM-C and a tiny random Bacformer Large:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,13 @@ import yaml
 from bacflow.bacformer.model import load_bacformer
 from bacflow.embeddings.recipe import RECIPE
 from bacformer_helpers import run_reference
-from conftest import CT_114V1_FASTA, SHARED_DATA, needs_shared
+from conftest import CT_114V1_FASTA, SHARED_DATA, needs_mmseqs, needs_shared
 from workflow_helpers import planned_jobs, snakemake
 
 pytestmark = [
     needs_shared,
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("mmseqs") is None, reason="MMseqs2 is not installed (`make system-deps`)"),
+    needs_mmseqs,
 ]
 COMPLETE = SHARED_DATA / "genomes" / "Ctrachomatis_D-CS637-11_GCF_001183765.1.fna.gz"
 LARGE = {

@@ -12,7 +12,6 @@ the parity tests are skipped.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -32,19 +31,12 @@ from bacflow.embeddings.esmc_model import ESMCEncoder, load_esmc, load_esmc_toke
 from bacflow.embeddings.modeling_esmc import ESMCModel, ESMplusplusConfig
 from bacflow.embeddings.recipe import EmbeddingRecipe
 from bacflow.embeddings.tiny import ESMC_GEOMETRIES
-from bacformer_helpers import randomize, reference_environment, run_reference
+from bacformer_helpers import ESM_INSTALL, ESM_VENV, randomize, reference_environment, run_reference
 from conftest import needs_shared
 from esm_helpers import many_real_proteins, real_proteins
 
 pytestmark = needs_shared
 CPU = torch.device("cpu")
-ESM_VENV = Path(os.environ.get("BACFLOW_ESM_VENV", Path.home() / ".cache" / "bacflow" / "esm-venv"))
-ESM_INSTALL = (
-    ["torch==2.13.0"],
-    ["--no-deps", "esm==3.2.1.post1"],
-    ["transformers<4.48.2", "attrs", "einops", "biotite>=1.0.0", "msgpack-numpy", "biopython", "brotli", "pandas"]
-    + ["cloudpathlib", "tenacity", "zstd", "httpx", "requests"],
-)
 ORACLE = Path(__file__).parents[1] / "esmc_oracle.py"
 #: (d_model, n_heads, n_layers): the tiny model's (ESM-C's head width, 64), and a narrower head (16).
 GEOMETRIES = {"tiny": (128, 2, 2), "d64": (64, 4, 2)}

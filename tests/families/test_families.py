@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import filecmp
 import gzip
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,13 +26,9 @@ from bacflow.families.stage import (
     iter_sorted,
 )
 from bacflow.proteins.unique import UNIQUE_SCHEMA, sequence_buckets
-from conftest import SHARED_DATA, needs_shared
+from conftest import SHARED_DATA, needs_mmseqs, needs_shared
 
 MMSEQS_EXAMPLE = SHARED_DATA / "mmseqs2" / "DB.fasta.gz"
-
-needs_mmseqs = pytest.mark.skipif(
-    shutil.which(mmseqs.PROGRAM) is None, reason="MMseqs2 is not installed (`make system-deps` installs it)"
-)
 
 
 def read_protein_fasta(path: Path) -> list[str]:

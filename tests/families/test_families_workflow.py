@@ -3,7 +3,6 @@ assignment of new genomes to the frozen vocabulary, and a bad vocabulary refused
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from bacflow.core.tables import read_metadata
-from conftest import SHARED_DATA, needs_shared
+from conftest import SHARED_DATA, needs_mmseqs, needs_shared
 from workflow_helpers import planned_jobs, snakemake, write_sheet
 
 COHORT = SHARED_DATA / "cohort"
@@ -37,7 +36,7 @@ VOCAB_SIZE = 700
 
 pytestmark = [
     needs_shared,
-    pytest.mark.skipif(shutil.which("mmseqs") is None, reason="MMseqs2 is not installed (`make system-deps`)"),
+    needs_mmseqs,
 ]
 
 

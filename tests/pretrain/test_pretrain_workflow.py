@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,12 +25,12 @@ from transformers import AutoModel
 from bacflow.bacformer.model import load_bacformer, separator_id
 from bacflow.bacformer.modeling_bacformer import BacformerForCausalGM
 from bacformer_helpers import max_abs_diff, run_reference
-from conftest import SHARED_DATA, needs_shared
+from conftest import SHARED_DATA, needs_mmseqs, needs_shared
 from workflow_helpers import snakemake
 
 pytestmark = [
     needs_shared,
-    pytest.mark.skipif(shutil.which("mmseqs") is None, reason="MMseqs2 is not installed (`make system-deps`)"),
+    needs_mmseqs,
 ]
 COHORT_SHEET = SHARED_DATA / "cohort" / "samples.tsv"
 RUN = "tiny"
