@@ -38,11 +38,18 @@ def vectors(table) -> np.ndarray:
     return column.flatten().to_numpy().reshape(len(column), -1)
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The demo's workdir after `snakemake all`: the tests below add their own targets and folders to it."""
+    workdir = tmp_path_factory.mktemp("demo")
+    write_demo_sheet(workdir / "samples.tsv")
+    snakemake(workdir, "all", *demo_args(workdir))
+    return workdir
+
+
 @pytest.mark.slow
-def test_demo_end_to_end_with_report_and_stable_reruns(tmp_path: Path):
-    write_demo_sheet(tmp_path / "samples.tsv")
-    snakemake(tmp_path, "all", *demo_args(tmp_path))
-    results = tmp_path / "results"
+def test_demo_end_to_end_with_report_and_stable_reruns(demo: Path):
+    results = demo / "results"
     bacformer = results / "bacformer" / "tiny-random"
     proteins = ds.dataset(results / "proteins", format="parquet", partitioning="hive").to_table()
     qc = pq.read_table(results / "qc" / "genomes.parquet")
@@ -60,24 +67,24 @@ def test_demo_end_to_end_with_report_and_stable_reruns(tmp_path: Path):
     assert np.isfinite(vectors(contextual)).all()
 
     # The report: the figures and the QC table, in one HTML file.
-    report = tmp_path / "report.html"
-    snakemake(tmp_path, "--report", str(report), *demo_args(tmp_path))
+    report = demo / "report.html"
+    snakemake(demo, "--report", str(report), *demo_args(demo))
     page = report.read_text()
     for name in ("proteins_per_genome.png", "qc_flags.html", "family_sizes.png", "genome_projection.png"):
         assert name in page
 
     # Rerunning the Bacformer jobs gives the same tables.
-    snakemake(tmp_path, "bacformer", "--forcerun", "bacformer_shard", *demo_args(tmp_path))
+    snakemake(demo, "bacformer", "--forcerun", "bacformer_shard", *demo_args(demo))
     assert pq.read_table(bacformer / "genomes.parquet").equals(genomes)
     assert pq.read_table(bacformer / "proteins").drop_columns(["shard"]).equals(contextual)
 
     # A limit below the larger genome's 2,343 proteins: it is windowed (3 windows of 998 tokens overlapping by
     # 200 or more), and every protein still gets a vector. Results go to their own folder (bacformer.name).
-    windowed = tmp_path / "windowed.yaml"
+    windowed = demo / "windowed.yaml"
     windowed.write_text("bacformer:\n  name: windowed\n  max_n_proteins: 1000\n  window_overlap: 200\n")
-    args = demo_args(tmp_path)
+    args = demo_args(demo)
     args.insert(args.index("--config"), str(windowed))
-    snakemake(tmp_path, "bacformer", *args)
+    snakemake(demo, "bacformer", *args)
     table = pq.read_table(results / "bacformer" / "windowed" / "genomes.parquet")
     rows = {row["genome_id"]: row for row in table.to_pylist()}
     assert rows["Cdiphtheriae_NCTC11397"]["mode"] == "windowed" and rows["Cdiphtheriae_NCTC11397"]["windows"] == 3
@@ -141,13 +148,12 @@ def test_the_report_names_the_models_that_ran(two_runs: tuple[Path, Path]):
 
 
 @pytest.mark.slow
-def test_demo_pretraining_is_small(tmp_path: Path):
-    """`snakemake pretrain` on the demo trains a small model for a few steps (not the reference's 12 layers for
-    10 epochs), with the sheet's splits (train, val; no test), and its data loaders fit in the job's threads:
-    on 2 cores the trainer and one worker, not the 8 workers configured."""
-    write_demo_sheet(tmp_path / "samples.tsv")
-    snakemake(tmp_path, "pretrain", *demo_args(tmp_path))
-    run = tmp_path / "results" / "pretrain" / "bacformer"
+def test_demo_pretraining_is_small(demo: Path):
+    """`snakemake pretrain` after the demo (as the README says) trains a small model for a few steps (not the
+    reference's 12 layers for 10 epochs), with the sheet's splits (train, val; no test), and its data loaders fit
+    in the job's threads: on 2 cores the trainer and one worker, not the 8 workers configured."""
+    snakemake(demo, "pretrain", *demo_args(demo))
+    run = demo / "results" / "pretrain" / "bacformer"
     with open(run / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert any(row["loss"] for row in rows) and any(row["eval_loss"] for row in rows)
