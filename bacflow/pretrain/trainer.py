@@ -14,8 +14,9 @@ Face model folder (``AutoModelForMaskedLM.from_pretrained`` after ``import bacfl
 the chosen checkpoint's validation metrics.
 
 A run that finds a complete checkpoint in ``checkpoints/`` resumes from the newest one: the same optimizer
-step, learning rate, data order and masks, so with the same seed it ends with the same model as a run that was
-never interrupted (tested). A checkpoint of another architecture is refused.
+step, learning rate, random states, data order and masks, so on the CPU it ends bit for bit with the model and
+metrics of a run that was never interrupted (tested; docs/pretraining.md lists what is restored from where, and
+the two things of metrics.csv that are not). A checkpoint of another architecture is refused.
 
 ``family`` chooses the model: ``base`` (the published Bacformer, over ESM-2 vectors, either objective) or
 ``large`` (Bacformer Large, over ESM-C vectors, masked objective only: the reference has no causal Large), built
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
@@ -285,6 +287,12 @@ class PretrainTrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset: GenomeDataset) -> list[int]:
         return length_sorted(eval_dataset.lengths())
 
+    def get_train_dataloader(self) -> DataLoader:
+        return own_seed_generator(super().get_train_dataloader(), self.args.seed)
+
+    def get_eval_dataloader(self, eval_dataset: str | GenomeDataset | None = None) -> DataLoader:
+        return own_seed_generator(super().get_eval_dataloader(eval_dataset), self.args.seed)
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -329,6 +337,19 @@ class PretrainTrainer(Trainer):
             then, tokens = self._throughput_mark
             self._throughput_mark = (then + time.perf_counter() - started, tokens)
         return metrics
+
+
+def own_seed_generator(loader: DataLoader, seed: int) -> DataLoader:
+    """`loader`, drawing its workers' seed from a generator of its own instead of PyTorch's global one.
+
+    A DataLoader draws that seed whenever it starts its workers, and the global generator is also dropout's. Persistent
+    workers start once per process, so a resumed run starts them at other steps than an unbroken one (at the first
+    validation after the resume, at the epoch after the part-skipped one), and each such draw from the global
+    generator would shift every dropout mask after it. The workers' seeds themselves decide nothing: the dataset
+    draws every example from a generator seeded with (seed, split, epoch, genome)."""
+    # Accelerate wraps the DataLoader; its batch-skipping copy for a resumed epoch takes this generator along.
+    getattr(loader, "base_dataloader", loader).generator = torch.Generator().manual_seed(seed)
+    return loader
 
 
 class _SamplerEpoch(TrainerCallback):

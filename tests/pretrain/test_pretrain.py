@@ -337,26 +337,41 @@ def assert_same_weights(ours: Path, theirs: Path) -> None:
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_model(corpus: Path, tmp_path: Path):
-    """Killed (SIGKILL) right after the checkpoint of step 6, mid-way through the second epoch (4 steps per
-    epoch), then run again: it resumes at step 6 and ends with the model, the losses and the validation
-    metrics of a run that was never stopped (dropout on: random states are restored too)."""
+    """Killed (SIGKILL) right after the checkpoint of step 10, then run again in a new process: it resumes at step
+    10 and ends with the losses, learning rates, validation metrics and model of a run that was never stopped.
+
+    As the workflow runs it: a persistent data-loader worker (the job gives one beside the trainer with --cores 2),
+    dropout on, and checkpoints mid-epoch (9 genomes in batches of 2, two per step: 3 steps an epoch, the last of
+    one batch), so the resumed run skips part of an epoch and starts its workers at other steps than the unbroken
+    one (at the resume, the first evaluation after it, the next epoch)."""
+    params = replace(
+        TINY,
+        max_steps=30,
+        eval_steps=10,
+        save_steps=10,
+        gradient_accumulation_steps=2,
+        dataloader_workers=1,
+    )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    result = run_training(tmp_path, corpus, whole, TINY)
+    result = run_training(tmp_path, corpus, whole, params)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    killed = run_training(tmp_path, corpus, broken, TINY, kill_after=6)
+    killed = run_training(tmp_path, corpus, broken, params, kill_after=10)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert newest_checkpoint(broken / "checkpoints").name == "checkpoint-6"
+    assert newest_checkpoint(broken / "checkpoints").name == "checkpoint-10"
     assert not (broken / "model").exists()
 
-    resumed = run_training(tmp_path, corpus, broken, TINY)
+    resumed = run_training(tmp_path, corpus, broken, params)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "checkpoint-6" in resumed.stderr
-    state = json.loads((broken / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
-    assert state["global_step"] == 12
-    assert training_rows(broken) == training_rows(whole)
+    assert "resuming from" in resumed.stderr and "checkpoint-10" in resumed.stderr
+    state = json.loads((broken / "checkpoints" / "checkpoint-30" / "trainer_state.json").read_text())
+    assert state["global_step"] == 30
+    ours, theirs = training_rows(broken), training_rows(whole)
+    assert len(ours) == len(theirs) == 30 + 3
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine == other, f"step {mine['step']}: resumed {mine}, unbroken {other}"
     # The last step's weights, and the final model (the best checkpoint's), bit for bit.
-    assert_same_weights(broken / "checkpoints" / "checkpoint-12", whole / "checkpoints" / "checkpoint-12")
+    assert_same_weights(broken / "checkpoints" / "checkpoint-30", whole / "checkpoints" / "checkpoint-30")
     assert_same_weights(broken / "model", whole / "model")
 
 
