@@ -43,6 +43,7 @@ from bacflow.embeddings.stage import EmbeddingSettings
 from bacflow.embeddings.tiny import ESM2_GEOMETRIES, ESMC_GEOMETRIES
 from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
 from bacflow.pretrain.data import SPLITS, assign_splits, required_splits, splits_drawn
+from bacflow.pretrain.runs import run_family
 
 #: The widths of the tiny encoders' vectors (and so of the tiny Bacformers built on them).
 TINY_WIDTHS = {"esm2": ESM2_GEOMETRIES["tiny"]["hidden_size"], "esmc": ESMC_GEOMETRIES["tiny"]["hidden_size"]}
@@ -220,6 +221,8 @@ class RunPlan:
         that cannot take this run's vectors (another encoder's, or another width) fails here, naming both."""
         family = self.bacformer_family
         self._check_takes_vectors(family, f"bacformer.model {self.bacformer_model_id}")
+        if self._bacformer_is_this_pretraining:
+            self._check_pretrain_run(f"bacformer.model {self.bacformer_model_id}")
         if not (self.bacformer["tiny_model"] or self._bacformer_is_this_pretraining):
             width, vectors = hidden_size(self._bacformer_folder), self.vector_width
             if width != vectors:
@@ -239,6 +242,21 @@ class RunPlan:
                 f"({family.embedding_model}), but this run's vectors are {self.encoder}, from {given}: "
                 f"set embeddings.model to auto or to a {family.encoder} model"
             )
+
+    def _check_pretrain_run(self, what: str) -> None:
+        """Refuse to train this config's pretraining run as another family than the one it already holds (in its model
+        or checkpoints): its corpus would be rebuilt from the other encoder's vectors, and training then fail to resume
+        from the run's checkpoints."""
+        found, family = run_family(self.pretrain_dir), self.pretrain_family
+        if found is None or found[0] is family:
+            return
+        existing, source = found
+        raise InputError(
+            f"{what}: pretraining run '{self.pretrain['run']}' ({source}) is a Bacformer {existing.name}, which takes "
+            f"{existing.encoder} vectors, but this run's vectors are {self.encoder}, for a Bacformer {family.name} "
+            f"(pretrain.family {self.pretrain['family']}): set pretrain.family to {existing.name} and embeddings.model "
+            f"to auto or an {existing.encoder} model, or name another pretrain.run"
+        )
 
     @property
     def vector_width(self) -> int:
@@ -292,6 +310,7 @@ class RunPlan:
         the family's published one where the config leaves it out."""
         family = self.pretrain_family
         self._check_takes_vectors(family, f"pretrain.family {self.pretrain['family']} (here {family.name})")
+        self._check_pretrain_run("pretrain.run")
         return {
             **self.pretrain,
             "family": family.name,

@@ -40,13 +40,18 @@ def print_quarantine_summary():
         print(summary.read_text(), end="")
 
 
-def planned_model(stage):
-    """(model, revision) of the "esm" or "bacformer" jobs, worked out when a job that needs it is planned; a hub
-    model that cannot be had fails planning in one line."""
+def planned(setting):
+    """A setting of the plan worked out when a job that needs it is planned (a model, the pretraining parameters);
+    one that cannot be had fails planning in one line."""
     try:
-        return getattr(PLAN, f"{stage}_model")
+        return getattr(PLAN, setting)
     except InputError as error:
         raise WorkflowError(str(error)) from None
+
+
+def planned_model(stage):
+    """(model, revision) of the "esm" or "bacformer" jobs; a hub model is resolved to its commit."""
+    return planned(f"{stage}_model")
 
 
 def model_files(stage):

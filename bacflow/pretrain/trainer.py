@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from bacflow.core.tables import atomic_path, remove_leftovers
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
 from bacflow.pretrain.masking import ExampleParams
 from bacflow.pretrain.metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
+from bacflow.pretrain.runs import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,6 @@ ARCHITECTURE_KEYS = (
 )
 #: Reference: gradient checkpointing on a GPU for models deeper than this.
 CHECKPOINTING_MIN_LAYERS = 7
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _MODEL_CLASSES = {
     ("base", "masked"): BacformerForMaskedGM,
     ("base", "causal"): BacformerForCausalGM,
@@ -169,24 +168,6 @@ class PretrainParams:
 
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints and models
-
-
-def newest_checkpoint(folder: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step, or None. The Trainer writes ``trainer_state.json`` last,
-    so a checkpoint cut off while being written has none (or a truncated one) and is passed over."""
-    candidates = []
-    for path in Path(folder).glob("checkpoint-*"):
-        match = _CHECKPOINT.match(path.name)
-        if match and path.is_dir():
-            candidates.append((int(match.group(1)), path))
-    for _, path in sorted(candidates, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            log.warning("%s is incomplete (no readable trainer_state.json): skipped", path)
-            continue
-        return path
-    return None
 
 
 def check_resumable(checkpoint: Path, config: BacformerConfig | BacformerLargeConfig) -> None:
