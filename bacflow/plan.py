@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bacflow.bacformer.model import FOLDER_FILES, hidden_size, output_name, pretrain_model_folder, pretrain_run
+from bacflow.bacformer.model import (
+    FOLDER_FILES,
+    PRETRAIN_DESCRIPTION,
+    hidden_size,
+    output_name,
+    pretrain_model_folder,
+    pretrain_run,
+)
 from bacflow.bacformer.model_families import (
     BASE,
     LARGE,
@@ -136,6 +143,16 @@ class RunPlan:
     @property
     def pretrain_data(self) -> Path:
         return self.pretrain_dir / "data"
+
+    @property
+    def pretrain_model(self) -> Path:
+        return self.pretrain_dir / "model"
+
+    @property
+    def pretrain_model_file(self) -> Path:
+        """The file of the model folder that stands for the folder as the training job's output and as an input of
+        the jobs that use the model (rules/pretrain.smk says why not the folder)."""
+        return self.pretrain_model / PRETRAIN_DESCRIPTION
 
     @property
     def pretrain_parts(self) -> dict[str, list[str]]:

@@ -1,6 +1,7 @@
 # The run plan (bacflow/plan.py): samples, shards, buckets, folders, settings and models, worked out once
 # from the config and the sheet. Rule files read it; the functions below only adapt it to Snakemake.
 import os
+from pathlib import Path
 
 from bacflow.core.errors import InputError
 from bacflow.plan import make_plan
@@ -56,11 +57,16 @@ def planned_model(stage):
 
 def model_files(stage):
     """An input function of the stage's jobs: a model folder (tiny, pretrained or local) is an input, so a new
-    model or new weights re-run them; a hub model, pinned to its commit, is none."""
+    model or new weights re-run them; a hub model, pinned to its commit, is none. This config's pretrained model
+    is the file of it that the training job declares."""
 
     def files(wildcards):
         model, revision = planned_model(stage)
-        return [] if revision else [model]
+        if revision:
+            return []
+        return [
+            PLAN.pretrain_model_file if Path(model) == PLAN.pretrain_model else model
+        ]
 
     return files
 

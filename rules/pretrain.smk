@@ -48,11 +48,16 @@ rule pretrain_train:
     input:
         corpus=PLAN.pretrain_data / "corpus.json",
         parts=[path for paths in PLAN.pretrain_parts.values() for path in paths],
+    # update(): Snakemake deletes other outputs before their job runs, so a rerun (new genomes, more steps) that
+    # failed would leave the run without its model. The job writes all three beside their places and renames them
+    # into place at its end; Snakemake copies the declared files aside and puts them back if the job fails. The
+    # model folder is declared through one small file of it: a declared folder would be copied whole, weights and
+    # all, and the copy that a killed Snakemake leaves behind makes the next job fail (copytree into it).
     output:
-        model=directory(PLAN.pretrain_dir / "model"),
-        metrics=PLAN.pretrain_dir / "metrics.csv",
+        model=update(PLAN.pretrain_model_file),
+        metrics=update(PLAN.pretrain_dir / "metrics.csv"),
         plot=report(
-            PLAN.pretrain_dir / "metrics.svg",
+            update(PLAN.pretrain_dir / "metrics.svg"),
             caption="../report/pretrain_metrics.rst",
             category="Pretraining",
         ),
@@ -81,7 +86,7 @@ rule pretrain_train:
 
 rule pretrain:
     input:
-        PLAN.pretrain_dir / "model",
+        PLAN.pretrain_model_file,
         PLAN.pretrain_dir / "metrics.csv",
         PLAN.pretrain_dir / "metrics.svg",
     localrule: True

@@ -8,7 +8,8 @@ loss and, at the end, the checkpoint with the best validation loss. One process 
 `launch` starts them.
 
 Run layout (``run_dir``, the workflow's ``pretrain/<run>/``): ``checkpoints/checkpoint-<step>/`` (the Trainer's
-own, with optimizer, scheduler and random states), ``metrics.csv`` and ``metrics.svg``, and ``model/``, a Hugging
+own, with optimizer, scheduler and random states) and ``checkpoints/metrics.csv`` (the rows so far), and, written
+together when training ends, ``metrics.csv`` and ``metrics.svg``, and ``model/``, a Hugging
 Face model folder (``AutoModelForMaskedLM.from_pretrained`` after ``import bacflow.bacformer.modeling_bacformer``) with
 ``bacflow_pretrain.json`` beside the weights: the parameters and their hash, the tool versions, the corpus,
 the chosen checkpoint's validation metrics.
@@ -48,6 +49,7 @@ from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCall
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import collate_inputs
+from bacflow.bacformer.model import PRETRAIN_DESCRIPTION
 from bacflow.bacformer.model_families import (
     BASE,
     LARGE,
@@ -453,7 +455,8 @@ def train(
         compute_metrics=FamilyAccuracy(),
         callbacks=[
             EarlyStoppingCallback(params.early_stopping_patience),
-            MetricsCsv(run_dir / "metrics.csv"),
+            # The rows so far, beside the checkpoints: metrics.csv is the finished run's until this one ends.
+            MetricsCsv(checkpoints / "metrics.csv"),
             *callbacks,
         ],
         causal=params.objective == "causal",
@@ -478,21 +481,25 @@ def train(
         {},
     )
     if trainer.is_world_process_zero():
-        write_metrics_csv(trainer.state.log_history, run_dir / "metrics.csv")
-        plot_metrics(run_dir / "metrics.csv", run_dir / "metrics.svg")
-        save_model(trainer.model, run_dir / "model", params, corpus, metrics)
+        save_results(trainer.model, trainer.state.log_history, run_dir, params, corpus, metrics)
     return metrics
 
 
-def save_model(
+def save_results(
     model: GenomeModel,
-    folder: Path,
+    log_history: Sequence[dict[str, Any]],
+    run_dir: Path,
     params: PretrainParams,
     corpus: Mapping[str, Any],
     metrics: Mapping[str, float],
 ) -> None:
-    """The Hugging Face model folder, written beside its final place and renamed into it."""
-    remove_leftovers(folder)  # of a killed run: a whole model's weights
+    """``metrics.csv``, ``metrics.svg`` and ``model/`` (the Hugging Face model folder), each written beside its place
+    and renamed into it once all three are whole, so that a run that fails or is killed leaves the previous run's.
+    The model goes last: the workflow puts back the previous metrics and model description if the job fails, and
+    they must never land beside new weights."""
+    places = {name: run_dir / name for name in ("model", "metrics.svg", "metrics.csv")}
+    for place in places.values():
+        remove_leftovers(place)  # of a killed run (a whole model's weights)
     description = {
         "params": dataclasses.asdict(params),
         "config_hash": config_hash(dataclasses.asdict(params)),
@@ -502,9 +509,16 @@ def save_model(
         "separator_token_id": params.sep_token_id,
         "metrics": dict(metrics),
     }
-    with atomic_path(folder) as temporary:
-        model.save_pretrained(temporary)
-        (temporary / "bacflow_pretrain.json").write_text(json.dumps(description, indent=1, default=str) + "\n")
+    # Renamed when the blocks end, innermost first.
+    with (
+        atomic_path(places["model"]) as folder,
+        atomic_path(places["metrics.svg"]) as svg,
+        atomic_path(places["metrics.csv"]) as table,
+    ):
+        write_metrics_csv(log_history, table)
+        plot_metrics(table, svg)
+        model.save_pretrained(folder)
+        (folder / PRETRAIN_DESCRIPTION).write_text(json.dumps(description, indent=1, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Pretraining on a small synthetic corpus: splits, the corpus builder and its checks, the reference trainer's
 reader on the corpus, the dataset and sampler, learning from context, resuming after a kill (same final model as
-an uninterrupted run), a run of the other family refused when planned, two-process DDP on CPU, and bad inputs.
+an uninterrupted run), a failed training that keeps the run's results, a run of the other family refused when
+planned, two-process DDP on CPU, and bad inputs.
 
 Training runs use a tiny model (width 16, 2 layers) on 12 genomes of 30-60 proteins, in subprocesses of one
 thread each, so that a run takes seconds; the workflow test (test_pretrain_workflow.py) trains on real genomes.
@@ -28,6 +29,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerConfig, BacformerForMaskedGM
 from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig
@@ -297,7 +299,8 @@ _DRIVER = textwrap.dedent(
     """
     import json, logging, os, signal, sys
     import torch
-        from bacflow.pretrain.trainer import PretrainParams, train
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from bacflow.pretrain.trainer import PretrainParams, train
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
@@ -451,6 +454,37 @@ def test_a_run_killed_before_its_model_is_known_by_its_checkpoints(tmp_path: Pat
     config = workflow_config(tmp_path, tmp_path / "out", bacformer={"model": "pretrain"}, pretrain={"run": "r"})
     with pytest.raises(InputError, match=r"checkpoint-3/config\.json\) is a Bacformer large, .* vectors are esm2"):
         _ = make_plan(config).bacformer_model
+
+
+class _FailAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if state.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
+def test_a_training_that_fails_midway_leaves_the_previous_results(finished_run: Path, tmp_path: Path):
+    """Run r continued for more steps (it resumes from its last checkpoint) fails after a few: its model, metrics and
+    plot are the finished run's, untouched; the rows the failed attempt logged are in checkpoints/metrics.csv."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(finished_run / "pretrain" / "r", run_dir)
+    results = {
+        "model/config.json",
+        "model/model.safetensors",
+        "model/bacflow_pretrain.json",
+        "metrics.csv",
+        "metrics.svg",
+    }
+    before = {name: value for name, value in files_of(run_dir).items() if name in results}
+    assert before.keys() == results
+    with pytest.raises(RuntimeError, match="stopped at step 9"):
+        train(run_dir / "data" / "corpus.json", run_dir, replace(TINY, max_steps=12), callbacks=[_FailAt(9)])
+    assert {name: value for name, value in files_of(run_dir).items() if name in results} == before
+    assert [row["step"] for row in training_rows(run_dir / "checkpoints") if row["loss"]][-1] == "8"
 
 
 def test_the_masked_objective_learns_from_context(corpus: Path, tmp_path: Path):
