@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bacflow.bacformer.model import FOLDER_FILES, hidden_size, output_name, pretrain_model_folder, pretrain_run
+from bacflow.bacformer.model import (
+    FOLDER_FILES,
+    PRETRAIN_DESCRIPTION,
+    hidden_size,
+    output_name,
+    pretrain_model_folder,
+    pretrain_run,
+)
 from bacflow.bacformer.model_families import (
     BASE,
     LARGE,
@@ -44,6 +51,7 @@ from bacflow.embeddings.stage import EmbeddingSettings
 from bacflow.embeddings.tiny import ESM2_GEOMETRIES, ESMC_GEOMETRIES
 from bacflow.families.stage import VOCAB_FILES, FamilyParams, check_vocab
 from bacflow.pretrain.data import SPLITS, assign_splits, required_splits, splits_drawn
+from bacflow.pretrain.runs import run_family
 
 #: The widths of the tiny encoders' vectors (and so of the tiny Bacformers built on them).
 TINY_WIDTHS = {"esm2": ESM2_GEOMETRIES["tiny"]["hidden_size"], "esmc": ESMC_GEOMETRIES["tiny"]["hidden_size"]}
@@ -136,6 +144,16 @@ class RunPlan:
     @property
     def pretrain_data(self) -> Path:
         return self.pretrain_dir / "data"
+
+    @property
+    def pretrain_model(self) -> Path:
+        return self.pretrain_dir / "model"
+
+    @property
+    def pretrain_model_file(self) -> Path:
+        """The file of the model folder that stands for the folder as the training job's output and as an input of
+        the jobs that use the model (rules/pretrain.smk says why not the folder)."""
+        return self.pretrain_model / PRETRAIN_DESCRIPTION
 
     @property
     def pretrain_parts(self) -> dict[str, list[str]]:
@@ -242,6 +260,8 @@ class RunPlan:
         """(model, revision) for the Bacformer shard jobs: a folder, or a hub id resolved once, on first use; a model
         that cannot take this run's vectors (another encoder's, or another width) fails here, naming both."""
         self._check_takes_vectors(self.bacformer_family, self._bacformer_described)
+        if self._bacformer_is_this_pretraining:
+            self._check_pretrain_run(f"bacformer.model {self.bacformer_model_id}")
         if not (self.bacformer["tiny_model"] or self._bacformer_is_this_pretraining):
             width, vectors = hidden_size(self._bacformer_folder), self.vector_width
             if width != vectors:
@@ -275,6 +295,21 @@ class RunPlan:
         raise InputError(
             f"{model} takes {encoder} vectors ({family.embedding_model}), but this run's vectors are "
             f"{ENCODER_NAMES[self.encoder]}, from {given}: set {fix}"
+        )
+
+    def _check_pretrain_run(self, what: str) -> None:
+        """Refuse to train this config's pretraining run as another family than the one it already holds (in its model
+        or checkpoints): its corpus would be rebuilt from the other encoder's vectors, and training then fail to resume
+        from the run's checkpoints."""
+        found, family = run_family(self.pretrain_dir), self.pretrain_family
+        if found is None or found[0] is family:
+            return
+        existing, source = found
+        raise InputError(
+            f"{what}: pretraining run '{self.pretrain['run']}' ({source}) is a Bacformer {existing.name}, which takes "
+            f"{existing.encoder} vectors, but this run's vectors are {self.encoder}, for a Bacformer {family.name} "
+            f"(pretrain.family {self.pretrain['family']}): set pretrain.family to {existing.name} and embeddings.model "
+            f"to auto or an {existing.encoder} model, or name another pretrain.run"
         )
 
     @property
@@ -330,6 +365,7 @@ class RunPlan:
         family, setting, init_from = self.pretrain_family, self.pretrain["family"], self.pretrain["init_from"]
         chosen = f"auto: pretrain.init_from {init_from}'s" if setting == "auto" and init_from else setting
         self._check_takes_vectors(family, f"the {family.title} that pretraining trains (pretrain.family {chosen})")
+        self._check_pretrain_run("pretrain.run")
         return {
             **self.pretrain,
             "family": family.name,

@@ -1,6 +1,7 @@
 # The run plan (bacflow/plan.py): samples, shards, buckets, folders, settings and models, worked out once
 # from the config and the sheet. Rule files read it; the functions below only adapt it to Snakemake.
 import os
+from pathlib import Path
 
 from bacflow.core.errors import InputError
 from bacflow.core.freshness import is_current
@@ -64,20 +65,30 @@ def print_quarantine_summary():
         print(summary.read_text(), end="")
 
 
-def planned_model(stage):
-    """(model, revision) of the "esm" or "bacformer" jobs, worked out when a job that needs it is planned; a hub
-    model that cannot be had, or one that cannot take the run's vectors, fails planning in one line.
+def planned(setting):
+    """A setting of the plan worked out when a job that needs it is planned (a model, the pretraining parameters);
+    one that cannot be had, or cannot take the run's vectors, fails planning in one line (OneLinePlan).
     """
-    return getattr(PLAN, f"{stage}_model")
+    return getattr(PLAN, setting)
+
+
+def planned_model(stage):
+    """(model, revision) of the "esm" or "bacformer" jobs; a hub model is resolved to its commit."""
+    return planned(f"{stage}_model")
 
 
 def model_files(stage):
     """An input function of the stage's jobs: a model folder (tiny, pretrained or local) is an input, so a new
-    model or new weights re-run them; a hub model, pinned to its commit, is none."""
+    model or new weights re-run them; a hub model, pinned to its commit, is none. This config's pretrained model
+    is the file of it that the training job declares."""
 
     def files(wildcards):
         model, revision = planned_model(stage)
-        return [] if revision else [model]
+        if revision:
+            return []
+        return [
+            PLAN.pretrain_model_file if Path(model) == PLAN.pretrain_model else model
+        ]
 
     return files
 

@@ -68,17 +68,22 @@ rule pretrain_train:
         corpus=PLAN.pretrain_data / "corpus.json",
         parts=[path for paths in PLAN.pretrain_parts.values() for path in paths],
         buckets=after_buckets(
-            outputs=[PLAN.pretrain_dir / "model", PLAN.pretrain_dir / "metrics.csv"],
+            outputs=[PLAN.pretrain_model_file, PLAN.pretrain_dir / "metrics.csv"],
             inputs=[
                 PLAN.pretrain_data / "corpus.json",
                 *(path for paths in PLAN.pretrain_parts.values() for path in paths),
             ],
         ),
+    # update(): Snakemake deletes other outputs before their job runs, so a rerun (new genomes, more steps) that
+    # failed would leave the run without its model. The job writes all three beside their places and renames them
+    # into place at its end; Snakemake copies the declared files aside and puts them back if the job fails. The
+    # model folder is declared through one small file of it: a declared folder would be copied whole, weights and
+    # all, and the copy that a killed Snakemake leaves behind makes the next job fail (copytree into it).
     output:
-        model=directory(PLAN.pretrain_dir / "model"),
-        metrics=PLAN.pretrain_dir / "metrics.csv",
+        model=update(PLAN.pretrain_model_file),
+        metrics=update(PLAN.pretrain_dir / "metrics.csv"),
         plot=report(
-            PLAN.pretrain_dir / "metrics.svg",
+            update(PLAN.pretrain_dir / "metrics.svg"),
             caption="../report/pretrain_metrics.rst",
             category="Pretraining",
         ),
@@ -99,7 +104,7 @@ rule pretrain_train:
         # A job stopped at its time limit resumes from its newest checkpoint when it is retried.
         runtime=lambda wildcards, attempt: PLAN.pretrain["runtime"] * attempt,
     params:
-        pretrain=lambda wildcards: PLAN.pretrain_params,
+        pretrain=lambda wildcards: planned("pretrain_params"),
         run_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     script:
         "../scripts/pretrain_train.py"
@@ -107,7 +112,7 @@ rule pretrain_train:
 
 rule pretrain:
     input:
-        PLAN.pretrain_dir / "model",
+        PLAN.pretrain_model_file,
         PLAN.pretrain_dir / "metrics.csv",
         PLAN.pretrain_dir / "metrics.svg",
     localrule: True

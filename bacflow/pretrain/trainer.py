@@ -8,14 +8,16 @@ loss and, at the end, the checkpoint with the best validation loss. One process 
 `launch` starts them.
 
 Run layout (``run_dir``, the workflow's ``pretrain/<run>/``): ``checkpoints/checkpoint-<step>/`` (the Trainer's
-own, with optimizer, scheduler and random states), ``metrics.csv`` and ``metrics.svg``, and ``model/``, a Hugging
+own, with optimizer, scheduler and random states) and ``checkpoints/metrics.csv`` (the rows so far), and, written
+together when training ends, ``metrics.csv`` and ``metrics.svg``, and ``model/``, a Hugging
 Face model folder (``AutoModelForMaskedLM.from_pretrained`` after ``import bacflow.bacformer.modeling_bacformer``) with
 ``bacflow_pretrain.json`` beside the weights: the parameters and their hash, the tool versions, the corpus,
 the chosen checkpoint's validation metrics.
 
 A run that finds a complete checkpoint in ``checkpoints/`` resumes from the newest one: the same optimizer
-step, learning rate, data order and masks, so with the same seed it ends with the same model as a run that was
-never interrupted (tested). A checkpoint of another architecture is refused.
+step, learning rate, random states, data order and masks, so on the CPU it ends bit for bit with the model and
+metrics of a run that was never interrupted (tested; docs/pretraining.md lists what is restored from where, and
+the two things of metrics.csv that are not). A checkpoint of another architecture is refused.
 
 ``family`` chooses the model: ``base`` (the published Bacformer, over ESM-2 vectors, either objective) or
 ``large`` (Bacformer Large, over ESM-C vectors, masked objective only: the reference has no causal Large), built
@@ -30,7 +32,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -43,10 +44,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from bacflow.bacformer.constants import MAX_N_CONTIGS, MAX_N_PROTEINS
 from bacflow.bacformer.inputs import collate_inputs
+from bacflow.bacformer.model import PRETRAIN_DESCRIPTION
 from bacflow.bacformer.model_families import (
     BASE,
     LARGE,
@@ -68,6 +71,7 @@ from bacflow.core.tables import atomic_path, remove_leftovers
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset, length_sorted
 from bacflow.pretrain.masking import ExampleParams
 from bacflow.pretrain.metrics import FamilyAccuracy, MetricsCsv, family_hits, plot_metrics, write_metrics_csv
+from bacflow.pretrain.runs import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,6 @@ ARCHITECTURE_KEYS = (
 )
 #: Reference: gradient checkpointing on a GPU for models deeper than this.
 CHECKPOINTING_MIN_LAYERS = 7
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _MODEL_CLASSES = {
     ("base", "masked"): BacformerForMaskedGM,
     ("base", "causal"): BacformerForCausalGM,
@@ -167,24 +170,6 @@ class PretrainParams:
 
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints and models
-
-
-def newest_checkpoint(folder: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step, or None. The Trainer writes ``trainer_state.json`` last,
-    so a checkpoint cut off while being written has none (or a truncated one) and is passed over."""
-    candidates = []
-    for path in Path(folder).glob("checkpoint-*"):
-        match = _CHECKPOINT.match(path.name)
-        if match and path.is_dir():
-            candidates.append((int(match.group(1)), path))
-    for _, path in sorted(candidates, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            log.warning("%s is incomplete (no readable trainer_state.json): skipped", path)
-            continue
-        return path
-    return None
 
 
 def check_resumable(checkpoint: Path, config: BacformerConfig | BacformerLargeConfig) -> None:
@@ -285,6 +270,12 @@ class PretrainTrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset: GenomeDataset) -> list[int]:
         return length_sorted(eval_dataset.lengths())
 
+    def get_train_dataloader(self) -> DataLoader:
+        return own_seed_generator(super().get_train_dataloader(), self.args.seed)
+
+    def get_eval_dataloader(self, eval_dataset: str | GenomeDataset | None = None) -> DataLoader:
+        return own_seed_generator(super().get_eval_dataloader(eval_dataset), self.args.seed)
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -329,6 +320,19 @@ class PretrainTrainer(Trainer):
             then, tokens = self._throughput_mark
             self._throughput_mark = (then + time.perf_counter() - started, tokens)
         return metrics
+
+
+def own_seed_generator(loader: DataLoader, seed: int) -> DataLoader:
+    """`loader`, drawing its workers' seed from a generator of its own instead of PyTorch's global one.
+
+    A DataLoader draws that seed whenever it starts its workers, and the global generator is also dropout's. Persistent
+    workers start once per process, so a resumed run starts them at other steps than an unbroken one (at the first
+    validation after the resume, at the epoch after the part-skipped one), and each such draw from the global
+    generator would shift every dropout mask after it. The workers' seeds themselves decide nothing: the dataset
+    draws every example from a generator seeded with (seed, split, epoch, genome)."""
+    # Accelerate wraps the DataLoader; its batch-skipping copy for a resumed epoch takes this generator along.
+    getattr(loader, "base_dataloader", loader).generator = torch.Generator().manual_seed(seed)
+    return loader
 
 
 class _SamplerEpoch(TrainerCallback):
@@ -451,7 +455,8 @@ def train(
         compute_metrics=FamilyAccuracy(),
         callbacks=[
             EarlyStoppingCallback(params.early_stopping_patience),
-            MetricsCsv(run_dir / "metrics.csv"),
+            # The rows so far, beside the checkpoints: metrics.csv is the finished run's until this one ends.
+            MetricsCsv(checkpoints / "metrics.csv"),
             *callbacks,
         ],
         causal=params.objective == "causal",
@@ -476,21 +481,25 @@ def train(
         {},
     )
     if trainer.is_world_process_zero():
-        write_metrics_csv(trainer.state.log_history, run_dir / "metrics.csv")
-        plot_metrics(run_dir / "metrics.csv", run_dir / "metrics.svg")
-        save_model(trainer.model, run_dir / "model", params, corpus, metrics)
+        save_results(trainer.model, trainer.state.log_history, run_dir, params, corpus, metrics)
     return metrics
 
 
-def save_model(
+def save_results(
     model: GenomeModel,
-    folder: Path,
+    log_history: Sequence[dict[str, Any]],
+    run_dir: Path,
     params: PretrainParams,
     corpus: Mapping[str, Any],
     metrics: Mapping[str, float],
 ) -> None:
-    """The Hugging Face model folder, written beside its final place and renamed into it."""
-    remove_leftovers(folder)  # of a killed run: a whole model's weights
+    """``metrics.csv``, ``metrics.svg`` and ``model/`` (the Hugging Face model folder), each written beside its place
+    and renamed into it once all three are whole, so that a run that fails or is killed leaves the previous run's.
+    The model goes last: the workflow puts back the previous metrics and model description if the job fails, and
+    they must never land beside new weights."""
+    places = {name: run_dir / name for name in ("model", "metrics.svg", "metrics.csv")}
+    for place in places.values():
+        remove_leftovers(place)  # of a killed run (a whole model's weights)
     description = {
         "params": dataclasses.asdict(params),
         "config_hash": config_hash(dataclasses.asdict(params)),
@@ -500,9 +509,16 @@ def save_model(
         "separator_token_id": params.sep_token_id,
         "metrics": dict(metrics),
     }
-    with atomic_path(folder) as temporary:
-        model.save_pretrained(temporary)
-        (temporary / "bacflow_pretrain.json").write_text(json.dumps(description, indent=1, default=str) + "\n")
+    # Renamed when the blocks end, innermost first.
+    with (
+        atomic_path(places["model"]) as folder,
+        atomic_path(places["metrics.svg"]) as svg,
+        atomic_path(places["metrics.csv"]) as table,
+    ):
+        write_metrics_csv(log_history, table)
+        plot_metrics(table, svg)
+        model.save_pretrained(folder)
+        (folder / PRETRAIN_DESCRIPTION).write_text(json.dumps(description, indent=1, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------

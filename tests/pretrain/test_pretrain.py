@@ -1,6 +1,7 @@
 """Pretraining on a small synthetic corpus: splits, the corpus builder and its checks, the reference trainer's
 reader on the corpus, the dataset and sampler, learning from context, resuming after a kill (same final model as
-an uninterrupted run), two-process DDP on CPU, and bad inputs.
+an uninterrupted run), a failed training that keeps the run's results, a run of the other family refused when
+planned, two-process DDP on CPU, and bad inputs.
 
 Training runs use a tiny model (width 16, 2 layers) on 12 genomes of 30-60 proteins, in subprocesses of one
 thread each, so that a run takes seconds; the workflow test (test_pretrain_workflow.py) trains on real genomes.
@@ -8,10 +9,12 @@ thread each, so that a run takes seconds; the workflow test (test_pretrain_workf
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,11 +27,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from bacflow.bacformer.modeling_bacformer import SPECIAL_TOKENS, BacformerConfig, BacformerForMaskedGM
+from bacflow.bacformer.modeling_bacformer_large import BacformerLargeConfig
 from bacflow.core.errors import InputError
 from bacflow.core.samples import Sample
+from bacflow.plan import make_plan
 from bacflow.pretrain.data import (
     SPLITS,
     assign_splits,
@@ -39,6 +46,8 @@ from bacflow.pretrain.data import (
 )
 from bacflow.pretrain.dataset import CorpusIndex, EpochSampler, GenomeDataset
 from bacflow.pretrain.trainer import PretrainParams, launch_command, make_model, newest_checkpoint, train
+from conftest import PYRODIGAL_DATA
+from workflow_helpers import snakemake
 
 REPO = Path(__file__).resolve().parents[2]
 DIM, VOCAB = 16, 40
@@ -290,7 +299,7 @@ _DRIVER = textwrap.dedent(
     """
     import json, logging, os, signal, sys
     import torch
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from bacflow.pretrain.trainer import PretrainParams, train
 
     torch.set_num_threads(1)
@@ -337,27 +346,145 @@ def assert_same_weights(ours: Path, theirs: Path) -> None:
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_model(corpus: Path, tmp_path: Path):
-    """Killed (SIGKILL) right after the checkpoint of step 6, mid-way through the second epoch (4 steps per
-    epoch), then run again: it resumes at step 6 and ends with the model, the losses and the validation
-    metrics of a run that was never stopped (dropout on: random states are restored too)."""
+    """Killed (SIGKILL) right after the checkpoint of step 10, then run again in a new process: it resumes at step
+    10 and ends with the losses, learning rates, validation metrics and model of a run that was never stopped.
+
+    As the workflow runs it: a persistent data-loader worker (the job gives one beside the trainer with --cores 2),
+    dropout on, and checkpoints mid-epoch (9 genomes in batches of 2, two per step: 3 steps an epoch, the last of
+    one batch), so the resumed run skips part of an epoch and starts its workers at other steps than the unbroken
+    one (at the resume, the first evaluation after it, the next epoch)."""
+    params = replace(
+        TINY,
+        max_steps=30,
+        eval_steps=10,
+        save_steps=10,
+        gradient_accumulation_steps=2,
+        dataloader_workers=1,
+    )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    result = run_training(tmp_path, corpus, whole, TINY)
+    result = run_training(tmp_path, corpus, whole, params)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    killed = run_training(tmp_path, corpus, broken, TINY, kill_after=6)
+    killed = run_training(tmp_path, corpus, broken, params, kill_after=10)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert newest_checkpoint(broken / "checkpoints").name == "checkpoint-6"
+    assert newest_checkpoint(broken / "checkpoints").name == "checkpoint-10"
     assert not (broken / "model").exists()
 
-    resumed = run_training(tmp_path, corpus, broken, TINY)
+    resumed = run_training(tmp_path, corpus, broken, params)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "checkpoint-6" in resumed.stderr
-    state = json.loads((broken / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
-    assert state["global_step"] == 12
-    assert training_rows(broken) == training_rows(whole)
+    assert "resuming from" in resumed.stderr and "checkpoint-10" in resumed.stderr
+    state = json.loads((broken / "checkpoints" / "checkpoint-30" / "trainer_state.json").read_text())
+    assert state["global_step"] == 30
+    ours, theirs = training_rows(broken), training_rows(whole)
+    assert len(ours) == len(theirs) == 30 + 3
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine == other, f"step {mine['step']}: resumed {mine}, unbroken {other}"
     # The last step's weights, and the final model (the best checkpoint's), bit for bit.
-    assert_same_weights(broken / "checkpoints" / "checkpoint-12", whole / "checkpoints" / "checkpoint-12")
+    assert_same_weights(broken / "checkpoints" / "checkpoint-30", whole / "checkpoints" / "checkpoint-30")
     assert_same_weights(broken / "model", whole / "model")
+
+
+def files_of(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and mtime."""
+    return {
+        str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An outdir whose pretraining run "r" is finished: a Bacformer base over this corpus's 16-d vectors, with its
+    corpus (data/), checkpoints, metrics and model, as the workflow leaves it."""
+    outdir = tmp_path_factory.mktemp("results")
+    run_dir = outdir / "pretrain" / "r"
+    shutil.copytree(corpus.parent, run_dir / "data")
+    train(run_dir / "data" / "corpus.json", run_dir, replace(TINY, max_steps=6))
+    assert {"model", "metrics.csv", "metrics.svg", "checkpoints", "data"} <= {path.name for path in run_dir.iterdir()}
+    return outdir
+
+
+def workflow_config(folder: Path, outdir: Path, **blocks: dict) -> dict:
+    """The default config with a sheet (in `folder`) of pyrodigal genomes, `outdir`, tiny ESM models and `blocks`."""
+    sheet = folder / "samples.tsv"
+    rows = [f"g{number}\t{PYRODIGAL_DATA / name}\tmag" for number, name in enumerate(["SRR492066.fna.gz"] * 2)]
+    sheet.write_text("\n".join(["genome_id\tpath\tkind", *rows]) + "\n")
+    config = copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    config |= {"samples": str(sheet), "outdir": str(outdir)}
+    for key, value in {"embeddings": {"tiny_model": True}, **blocks}.items():
+        config[key] |= value
+    return config
+
+
+def test_a_finished_run_of_the_other_family_is_refused_when_planned(finished_run: Path, tmp_path: Path):
+    """``bacformer.model: pretrain:r`` where run r is a finished Bacformer base (ESM-2 vectors) and the config's vectors
+    are ESM-C (``pretrain.family: large``): planning fails in one line that names both, for the bacformer and the
+    pretrain targets, and no file of the run changes. Planned, the corpus jobs would rewrite r's data/ from the ESM-C
+    vectors, and the training job, after Snakemake had deleted r's model and metrics, fail to resume."""
+    run_dir = finished_run / "pretrain" / "r"
+    before = files_of(run_dir)
+    config = workflow_config(
+        tmp_path, finished_run, bacformer={"model": "pretrain:r"}, pretrain={"run": "r", "family": "large"}
+    )
+    expected = r"pretraining run 'r' \(.*/pretrain/r/model/config\.json\) is a Bacformer base, .* vectors are esmc"
+    with pytest.raises(InputError, match=expected):
+        _ = make_plan(config).bacformer_model
+    with pytest.raises(InputError, match=expected):
+        _ = make_plan(config).pretrain_params
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    for target, dry_run in (("pretrain", ["--dry-run"]), ("bacformer", ["--dry-run"]), ("bacformer", [])):
+        result = snakemake(tmp_path, target, "--configfile", str(tmp_path / "config.yaml"), *dry_run, check=False)
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if re.search(expected, line)]
+        assert result.returncode != 0 and len(lines) == 1, (target, dry_run, result.stdout + result.stderr)
+    assert files_of(run_dir) == before
+    assert not (finished_run / "embeddings").exists()
+
+
+def test_a_run_killed_before_its_model_is_known_by_its_checkpoints(tmp_path: Path):
+    """The other way round, and without a model folder: run r has only a checkpoint, of a Bacformer Large (ESM-C
+    vectors), and the config's vectors are ESM-2."""
+    checkpoint = tmp_path / "out" / "pretrain" / "r" / "checkpoints" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    BacformerLargeConfig(hidden_size=DIM, num_hidden_layers=1, num_attention_heads=2).to_json_file(
+        checkpoint / "config.json"
+    )
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint.parent.parent / "model").mkdir()  # made empty by Snakemake for the run's first training job
+    config = workflow_config(tmp_path, tmp_path / "out", bacformer={"model": "pretrain"}, pretrain={"run": "r"})
+    with pytest.raises(InputError, match=r"checkpoint-3/config\.json\) is a Bacformer large, .* vectors are esm2"):
+        _ = make_plan(config).bacformer_model
+
+
+class _FailAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if state.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
+def test_a_training_that_fails_midway_leaves_the_previous_results(finished_run: Path, tmp_path: Path):
+    """Run r continued for more steps (it resumes from its last checkpoint) fails after a few: its model, metrics and
+    plot are the finished run's, untouched; the rows the failed attempt logged are in checkpoints/metrics.csv."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(finished_run / "pretrain" / "r", run_dir)
+    results = {
+        "model/config.json",
+        "model/model.safetensors",
+        "model/bacflow_pretrain.json",
+        "metrics.csv",
+        "metrics.svg",
+    }
+    before = {name: value for name, value in files_of(run_dir).items() if name in results}
+    assert before.keys() == results
+    with pytest.raises(RuntimeError, match="stopped at step 9"):
+        train(run_dir / "data" / "corpus.json", run_dir, replace(TINY, max_steps=12), callbacks=[_FailAt(9)])
+    assert {name: value for name, value in files_of(run_dir).items() if name in results} == before
+    assert [row["step"] for row in training_rows(run_dir / "checkpoints") if row["loss"]][-1] == "8"
 
 
 def test_the_masked_objective_learns_from_context(corpus: Path, tmp_path: Path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -110,6 +111,26 @@ def test_training_learns_next_families(run: Path):
         float(row["learning_rate"]) > 0 and float(row["tokens_per_second"]) > 0 for row in rows[1:] if row["loss"]
     )
     assert (run / "pretrain" / RUN / "metrics.svg").read_text().startswith("<svg")
+
+
+def test_a_failed_rerun_of_the_training_keeps_the_run(run: Path, tmp_path: Path):
+    """A rerun of the training job (its parameters changed) that fails leaves the run's model, metrics and plot as they
+    were: Snakemake neither deletes them before the job (update() outputs) nor after it failed."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(run.parent, workdir, symlinks=True)
+    run_dir = workdir / "results" / "pretrain" / RUN
+    results = ["model/config.json", "model/model.safetensors", "model/bacflow_pretrain.json"]
+    results += ["metrics.csv", "metrics.svg"]
+    before = {name: (run_dir / name).read_bytes() for name in results}
+    weights = (run_dir / "model" / "model.safetensors").stat().st_mtime_ns
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    # Twice the steps, so the job runs again; checkpoints off the validations, so it fails when it starts.
+    config["pretrain"] |= {"max_steps": 120, "save_steps": 45}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    failed = snakemake(workdir, "pretrain", "--configfile", str(workdir / "config.yaml"), check=False)
+    assert failed.returncode != 0 and "must be a multiple of eval_steps" in failed.stderr, failed.stderr[-3000:]
+    assert {name: (run_dir / name).read_bytes() for name in results} == before
+    assert (run_dir / "model" / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_the_model_folder_loads_everywhere(run: Path, reference_python: Path, tmp_path: Path):
