@@ -23,7 +23,7 @@ from bacflow.embeddings.store import vector_type
 
 log = logging.getLogger("bacflow")
 
-#: Metadata keys: the model that made a table (JSON), and the ESM-2 recipe of its input vectors.
+#: Metadata keys: the model that made a table (JSON), and the embedding recipe (ESM-2 or ESM-C) of its input vectors.
 MODEL_KEY = "bacflow.bacformer_model"
 RECIPE_KEYS = (RECIPE_KEY, RECIPE)
 PARAMS_KEY, VERSIONS_KEY = "bacflow.params", "bacflow.tool_versions"
@@ -65,7 +65,7 @@ def gather_genomes(
 ) -> int:
     """Stream the shards' genome rows into one table, a shard at a time; return the genome count.
 
-    Refuses shards made by different models or from different ESM-2 recipes. Other shards' files in the
+    Refuses shards made by different models or from different embedding recipes. Other shards' files in the
     genome-shard and protein folders are removed (see `remove_stale_shards`).
     """
     if not shard_paths:
