@@ -14,9 +14,9 @@ rule report_genomes:
             category="Genomes",
         ),
     log:
-        PLAN.outdir / "logs" / "report_genomes.log",
+        PLAN.logs.log("report_genomes"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "report_genomes.tsv"
+        PLAN.logs.benchmark("report_genomes")
     localrule: True
     conda:
         "../envs/report.yaml"
@@ -39,9 +39,9 @@ rule report_families:
             category="Protein families",
         ),
     log:
-        PLAN.outdir / "logs" / "report_families.log",
+        PLAN.logs.log("report_families"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "report_families.tsv"
+        PLAN.logs.benchmark("report_families")
     localrule: True
     conda:
         "../envs/report.yaml"
@@ -63,9 +63,9 @@ rule report_projection:
             category="Bacformer",
         ),
     log:
-        PLAN.outdir / "logs" / "report_projection.log",
+        PLAN.logs.log("report_projection"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "report_projection.tsv"
+        PLAN.logs.benchmark("report_projection")
     localrule: True
     conda:
         "../envs/report.yaml"
