@@ -137,6 +137,10 @@ class RunPlan:
     def pretrain_logs(self) -> JobLogs:
         return self._logs_of(self.pretrain_dir)
 
+    @property
+    def report_logs(self) -> JobLogs:
+        return self._logs_of(self.bacformer_report)
+
     def shard_files(self, template: Path) -> list[str]:
         """`template` (with ``{shard}``) filled in for every shard, as Snakemake's expand does."""
         return [str(template).format(shard=shard) for shard in self.shards]
@@ -178,6 +182,12 @@ class RunPlan:
     @property
     def bacformer_dir(self) -> Path:
         return self.outdir / "bacformer" / self.bacformer_name
+
+    @property
+    def bacformer_report(self) -> Path:
+        """The report's figures of this run's Bacformer results: one folder per model, as the results have, so that a
+        run of one model leaves the other's figures current (Snakemake re-runs a job whose inputs changed)."""
+        return self.outdir / "report" / self.bacformer_name
 
     @property
     def pretrain_data(self) -> Path:

@@ -4,19 +4,19 @@ rule report_genomes:
         bacformer=PLAN.bacformer_dir / "genomes.parquet",
     output:
         proteins=report(
-            PLAN.outdir / "report" / "proteins_per_genome.png",
+            PLAN.bacformer_report / "proteins_per_genome.png",
             caption="../report/proteins_per_genome.rst",
             category="Genomes",
         ),
         flags=report(
-            PLAN.outdir / "report" / "qc_flags.html",
+            PLAN.bacformer_report / "qc_flags.html",
             caption="../report/qc_flags.rst",
             category="Genomes",
         ),
     log:
-        PLAN.logs.log("report_genomes"),
+        PLAN.report_logs.log("report_genomes"),
     benchmark:
-        PLAN.logs.benchmark("report_genomes")
+        PLAN.report_logs.benchmark("report_genomes")
     localrule: True
     conda:
         "../envs/report.yaml"
@@ -58,14 +58,14 @@ rule report_projection:
         qc=PLAN.outdir / "qc" / "genomes.parquet",
     output:
         report(
-            PLAN.outdir / "report" / "genome_projection.png",
+            PLAN.bacformer_report / "genome_projection.png",
             caption="../report/genome_projection.rst",
             category="Bacformer",
         ),
     log:
-        PLAN.logs.log("report_projection"),
+        PLAN.report_logs.log("report_projection"),
     benchmark:
-        PLAN.logs.benchmark("report_projection")
+        PLAN.report_logs.benchmark("report_projection")
     localrule: True
     conda:
         "../envs/report.yaml"

@@ -55,6 +55,21 @@ def test_no_log_or_benchmark_is_written_by_two_jobs(runs: dict[str, dict[str, di
     assert not shared, "\n".join(f"{path}: {jobs}" for path, jobs in shared.items())
 
 
+def test_a_job_is_not_rerun_by_the_other_models_run(runs: dict[str, dict[str, dict]]):
+    """Snakemake re-runs a job whose input files or params differ from those its outputs were made with: a rule
+    whose inputs or params differ between the runs writes other outputs too, or each run re-runs the other's job
+    (the report's figures of one model did, after the other model's run)."""
+    base, large = runs["base"], runs["large"]
+    both = [
+        name
+        for name in sorted(base.keys() & large.keys())
+        if base[name]["output"]
+        and base[name]["output"] == large[name]["output"]
+        and (base[name]["input"], base[name]["params"]) != (large[name]["input"], large[name]["params"])
+    ]
+    assert not both, f"rules writing the same outputs from other inputs or params in the two runs: {both}"
+
+
 def placeholders_as_pattern(documented: str) -> re.Pattern[str]:
     """A documented path with <placeholders> as a pattern of the paths it stands for."""
     return re.compile(
