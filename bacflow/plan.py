@@ -105,13 +105,13 @@ class RunPlan:
     def pretrain(self) -> Mapping[str, Any]:
         return self.config["pretrain"]
 
-    # Logs and benchmarks. A job that makes what one encoder, Bacformer model, tiny model or pretraining run owns logs
-    # in that output folder's path under logs/ (and benchmarks/), so runs that share an outdir (base and Large,
+    # Logs and benchmarks. Jobs whose outputs belong to one encoder, Bacformer model, tiny model or pretraining run log
+    # at their output folder's path under logs/ (and benchmarks/), so runs that share an outdir (base and Large,
     # several pretraining runs) never overwrite each other's logs; the cohort's own jobs log in logs/ itself.
 
     @property
     def logs(self) -> JobLogs:
-        """The jobs of the cohort, whatever the models: proteins, distinct sequences, families."""
+        """The jobs of the cohort, whatever the models: proteins, distinct sequences, families, their figure."""
         return JobLogs(self.outdir, Path())
 
     def _logs_of(self, folder: Path) -> JobLogs:
