@@ -58,6 +58,21 @@ TINY_WIDTHS = {"esm2": ESM2_GEOMETRIES["tiny"]["hidden_size"], "esmc": ESMC_GEOM
 
 
 @dataclass(frozen=True)
+class JobLogs:
+    """Where some jobs write their logs and Snakemake benchmarks: one folder, at the same path under ``logs/`` and
+    under ``benchmarks/``."""
+
+    outdir: Path
+    folder: Path  #: relative to ``logs/`` and ``benchmarks/``
+
+    def log(self, job: str) -> Path:
+        return self.outdir / "logs" / self.folder / f"{job}.log"
+
+    def benchmark(self, job: str) -> Path:
+        return self.outdir / "benchmarks" / self.folder / f"{job}.tsv"
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """What one run does. Paths are as the config gives them (relative to Snakemake's working directory)."""
 
@@ -98,6 +113,42 @@ class RunPlan:
     @property
     def pretrain(self) -> Mapping[str, Any]:
         return self.config["pretrain"]
+
+    # Logs and benchmarks. Jobs whose outputs belong to one encoder, Bacformer model, tiny model or pretraining run log
+    # at their output folder's path under logs/ (and benchmarks/), so runs that share an outdir (base and Large,
+    # several pretraining runs) never overwrite each other's logs; the cohort's own jobs log in logs/ itself.
+
+    @property
+    def logs(self) -> JobLogs:
+        """The jobs of the cohort, whatever the models: proteins, distinct sequences, families, their figure."""
+        return JobLogs(self.outdir, Path())
+
+    def _logs_of(self, folder: Path) -> JobLogs:
+        return JobLogs(self.outdir, folder.relative_to(self.outdir))
+
+    @property
+    def embedding_logs(self) -> JobLogs:
+        return self._logs_of(self.embeddings)
+
+    @property
+    def tiny_esm_logs(self) -> JobLogs:
+        return self._logs_of(self.tiny_esm)
+
+    @property
+    def tiny_bacformer_logs(self) -> JobLogs:
+        return self._logs_of(self.tiny_bacformer)
+
+    @property
+    def bacformer_logs(self) -> JobLogs:
+        return self._logs_of(self.bacformer_dir)
+
+    @property
+    def pretrain_logs(self) -> JobLogs:
+        return self._logs_of(self.pretrain_dir)
+
+    @property
+    def report_logs(self) -> JobLogs:
+        return self._logs_of(self.bacformer_report)
 
     def shard_files(self, template: Path) -> list[str]:
         """`template` (with ``{shard}``) filled in for every shard, as Snakemake's expand does."""
@@ -140,6 +191,12 @@ class RunPlan:
     @property
     def bacformer_dir(self) -> Path:
         return self.outdir / "bacformer" / self.bacformer_name
+
+    @property
+    def bacformer_report(self) -> Path:
+        """The report's figures of this run's Bacformer results: one folder per model, as the results have, so that a
+        run of one model leaves the other's figures current (Snakemake re-runs a job whose inputs changed)."""
+        return self.outdir / "report" / self.bacformer_name
 
     @property
     def pretrain_data(self) -> Path:

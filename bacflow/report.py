@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from bacflow.bacformer.tables import MODEL_KEY
 from bacflow.core.tables import read_metadata
-from bacflow.embeddings.recipe import RECIPE
+from bacflow.embeddings.recipe import ENCODER_NAMES, RECIPE
 
 #: Genomes listed one by one in a bar chart (more get a histogram) and in the QC table (more are counted).
 MAX_BARS = 40
@@ -42,32 +43,55 @@ def _pyplot() -> Any:
     return plt
 
 
-def _model_note(genomes_path: str | Path) -> str:
-    identity = json.loads(read_metadata(genomes_path).get(MODEL_KEY, "{}"))
-    note = f"model {identity.get('name', '?')}"
-    if identity.get("random_init"):
-        note += " (randomly initialised: no biological meaning)"
-    return note
+#: What the report says of a tiny randomly initialised model (`bacflow.embeddings.tiny`, `bacflow.bacformer.model`).
+RANDOM = "a tiny randomly initialised model: its vectors carry no biological meaning"
 
 
-def models_that_ran(genomes_path: str | Path) -> dict[str, str]:
-    """How the report's front page names the models that made a Bacformer genome table (not the configured
-    ones: the demo runs tiny models): ``esm2``, from the recipe of its input vectors, and ``bacformer``, from
-    its metadata; "unknown" where the table is missing, unreadable or silent."""
+def models_that_ran(outdir: str | Path) -> list[str]:
+    """How the report's front page names the models that made the results in `outdir` (not the configured ones:
+    the demo runs tiny models): one line of reStructuredText per Bacformer results folder (every model that ran in
+    this outdir, base or Large), from the metadata of its genome table. Read when the workflow loads, so folders
+    without a genome table yet are left out."""
+    return [
+        f"``{path.parent.relative_to(outdir)}/``: {_rst_text(made_by(path))}"
+        for path in sorted(Path(outdir).glob("bacformer/*/genomes.parquet"))
+    ]
+
+
+def made_by(genomes_path: str | Path) -> str:
+    """The Bacformer model and the protein encoder that made a Bacformer genome table, as its metadata records them
+    (the model, and what identifies its weights), saying which are tiny random models; "unknown" where the table
+    is unreadable or silent."""
     try:
         metadata = read_metadata(genomes_path)
-    except (OSError, pa.ArrowException):  # read when the workflow loads, also before the table exists
+    except (OSError, pa.ArrowException):
         metadata = {}
-    return {
-        stage: _model_name(json.loads(metadata[key])) if key in metadata else f"unknown (no {key} in {genomes_path})"
-        for stage, key in (("esm2", RECIPE), ("bacformer", MODEL_KEY))
-    }
+    bacformer, recipe = (json.loads(metadata[key]) if key in metadata else None for key in (MODEL_KEY, RECIPE))
+    # Recipes written before ESM-C was supported are ESM-2's and do not name their encoder.
+    encoder = ENCODER_NAMES[recipe.get("encoder", "esm2")] if recipe else "unknown"
+    return (
+        f"Bacformer {_model_name(bacformer)}, on {encoder} protein embeddings from {_model_name(recipe)}"
+        if bacformer or recipe
+        else f"unknown models (no {MODEL_KEY} or {RECIPE} in {genomes_path})"
+    )
 
 
-def _model_name(identity: dict[str, Any]) -> str:
-    """The model, and what identifies its weights: a hub commit, or a local folder's checksum."""
-    name = f"{identity['model']}, {'' if identity['local'] else 'commit '}{identity['revision']}"
-    return name + (", randomly initialised: no biological meaning" if identity.get("random_init") else "")
+def _model_name(identity: dict[str, Any] | None) -> str:
+    """The model, and what identifies its weights (a hub commit, or a local folder's checksum); whether they are
+    random."""
+    if identity is None:
+        return "unknown"
+    weights = f"{'' if identity['local'] else 'commit '}{identity['revision']}"
+    return (
+        f"{identity['model']} ({weights}; {RANDOM})"
+        if identity.get("random_init")
+        else f"{identity['model']} ({weights})"
+    )
+
+
+def _rst_text(text: str) -> str:
+    """`text` as plain reStructuredText: characters that would start markup escaped (names may hold `_` or `*`)."""
+    return re.sub(r"([\\`*_|])", r"\\\1", text)
 
 
 def _with_bacformer(qc: pa.Table, genomes_path: str | Path, columns: Sequence[str]) -> pa.Table:
@@ -129,7 +153,7 @@ def _mode_is(mode: str) -> Callable[[pa.Table], pa.ChunkedArray]:
 _FLAGS: tuple[tuple[str, Callable[[pa.Table], pa.ChunkedArray]], ...] = (
     ("quarantined", lambda table: pc.greater(pc.utf8_length(pc.fill_null(table["quarantine_reason"], "")), 0)),
     ("gene-calling or reading warnings", lambda table: _positive_values(pc.list_value_length(table["warnings"]))),
-    ("proteins longer than ESM-2 sees (1,022 residues)", _positive("proteins_over_1022")),
+    ("proteins longer than the protein encoder sees (1,022 residues)", _positive("proteins_over_1022")),
     ("proteins beyond the published Bacformer's 6,000", _positive("proteins_beyond_6000")),
     ("contigs beyond the published Bacformer's 1,000", _positive("contigs_beyond_1000")),
     ("Bacformer: windowed", _mode_is("windowed")),
@@ -298,7 +322,7 @@ def genome_projection(genomes_path: str | Path, qc_path: str | Path, out_path: s
             ax.annotate(genome, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of the variance)" if len(ratio) else "PC1")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})" if len(ratio) > 1 else "PC2")
-    ax.set_title(f"Bacformer genome embeddings, {len(ids):,} genomes\n{_model_note(genomes_path)}", fontsize=10)
+    ax.set_title(f"Bacformer genome embeddings, {len(ids):,} genomes\n{made_by(genomes_path)}", fontsize=10, wrap=True)
     ax.legend(title="group", fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)

@@ -85,7 +85,7 @@ REFERENCE_PYTHON = (
 #: The published base checkpoints' geometry (``macwiatrak/bacformer-masked-complete-genomes``).
 PUBLISHED = dict(num_hidden_layers=12, num_attention_heads=8, hidden_size=480, intermediate_size=1280)
 MAX_TOKENS = 6000
-#: Snakemake benchmark files by stage: the first folder or file name under benchmarks/ -> stage.
+#: Snakemake benchmark files by stage: the start of a file's path under benchmarks/ -> stage (the first that fits).
 STAGES = {
     "proteins": "proteins",
     "qc_genomes": "proteins",
@@ -94,16 +94,11 @@ STAGES = {
     "families_cluster": "families",
     "families_assign": "families",
     "families_qc": "families",
-    "esm_tiny_model": "ESM-2",
-    "embed_bucket": "ESM-2",
-    "embed_index": "ESM-2",
-    "embed_gather": "ESM-2",
-    "embed_qc": "ESM-2",
-    "bacformer": "Bacformer",
-    "bacformer_tiny_model": "Bacformer",
-    "report_genomes": "report",
-    "report_families": "report",
-    "report_projection": "report",
+    "models/esm": "ESM-2",
+    "embeddings/": "ESM-2",
+    "bacformer/": "Bacformer",
+    "models/bacformer": "Bacformer",
+    "report": "report",
 }
 
 
@@ -273,10 +268,11 @@ def stage_seconds(benchmarks: Path) -> dict[str, float]:
     """Job seconds per stage, from Snakemake's benchmark files."""
     totals: dict[str, float] = {}
     for path in sorted(benchmarks.rglob("*.tsv")):
-        key = path.relative_to(benchmarks).parts[0].removesuffix(".tsv")
+        job = path.relative_to(benchmarks).as_posix().removesuffix(".tsv")
+        stage = next((stage for start, stage in STAGES.items() if job.startswith(start)), job)
         with path.open() as handle:
             seconds = float(next(csv.DictReader(handle, delimiter="\t"))["s"])
-        totals[STAGES.get(key, key)] = totals.get(STAGES.get(key, key), 0.0) + seconds
+        totals[stage] = totals.get(stage, 0.0) + seconds
     return totals
 
 

@@ -4,9 +4,9 @@ rule bacformer_tiny_model:
     output:
         directory(PLAN.tiny_bacformer),
     log:
-        PLAN.outdir / "logs" / "bacformer_tiny_model.log",
+        PLAN.tiny_bacformer_logs.log("bacformer_tiny_model"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "bacformer_tiny_model.tsv"
+        PLAN.tiny_bacformer_logs.benchmark("bacformer_tiny_model")
     conda:
         "../envs/torch.yaml"
     resources:
@@ -40,9 +40,9 @@ rule bacformer_shard:
         proteins=PLAN.bacformer_dir / "proteins" / "shard={shard}" / "part-0.parquet",
         genomes=PLAN.bacformer_dir / "genome_shards" / "shard={shard}.parquet",
     log:
-        PLAN.outdir / "logs" / "bacformer" / PLAN.bacformer_name / "{shard}.log",
+        PLAN.bacformer_logs.log("{shard}"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "bacformer" / PLAN.bacformer_name / "{shard}.tsv"
+        PLAN.bacformer_logs.benchmark("{shard}")
     conda:
         "../envs/torch.yaml"
     threads: config["threads"]["bacformer"]
@@ -87,9 +87,9 @@ rule bacformer_genomes:
     output:
         PLAN.bacformer_dir / "genomes.parquet",
     log:
-        PLAN.outdir / "logs" / "bacformer" / PLAN.bacformer_name / "genomes.log",
+        PLAN.bacformer_logs.log("genomes"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "bacformer" / PLAN.bacformer_name / "genomes.tsv"
+        PLAN.bacformer_logs.benchmark("genomes")
     localrule: True
     conda:
         "../envs/torch.yaml"

@@ -46,7 +46,7 @@ os.environ.update(
 
 # The report's front page (report/workflow.rst) sees nothing of the workflow but `config`: it gets the models
 # that made the results from there, read from their metadata when `snakemake --report` loads the workflow.
-config["models_that_ran"] = models_that_ran(PLAN.bacformer_dir / "genomes.parquet")
+config["models_that_ran"] = models_that_ran(PLAN.outdir)
 
 
 wildcard_constraints:

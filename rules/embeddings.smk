@@ -4,9 +4,9 @@ rule esm_tiny_model:
     output:
         directory(PLAN.tiny_esm),
     log:
-        PLAN.outdir / "logs" / "esm_tiny_model.log",
+        PLAN.tiny_esm_logs.log("esm_tiny_model"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "esm_tiny_model.tsv"
+        PLAN.tiny_esm_logs.benchmark("esm_tiny_model")
     conda:
         "../envs/torch.yaml"
     resources:
@@ -26,9 +26,9 @@ rule embed_bucket:
     output:
         directory(PLAN.embeddings / "buckets" / "bucket={bucket}"),
     log:
-        PLAN.outdir / "logs" / "embed_bucket" / "{bucket}.log",
+        PLAN.embedding_logs.log("embed_bucket/{bucket}"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "embed_bucket" / "{bucket}.tsv"
+        PLAN.embedding_logs.benchmark("embed_bucket/{bucket}")
     conda:
         "../envs/torch.yaml"
     threads: config["threads"]["embeddings"]
@@ -58,9 +58,9 @@ rule embed_index:
     output:
         PLAN.embedding_manifest,
     log:
-        PLAN.outdir / "logs" / "embed_index.log",
+        PLAN.embedding_logs.log("embed_index"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "embed_index.tsv"
+        PLAN.embedding_logs.benchmark("embed_index")
     localrule: True
     conda:
         "../envs/torch.yaml"
@@ -92,9 +92,9 @@ rule embed_gather:
         vectors=PLAN.embeddings / "shards" / "shard={shard}.parquet",
         qc=PLAN.embeddings / "qc" / "shard={shard}.parquet",
     log:
-        PLAN.outdir / "logs" / "embed_gather" / "{shard}.log",
+        PLAN.embedding_logs.log("embed_gather/{shard}"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "embed_gather" / "{shard}.tsv"
+        PLAN.embedding_logs.benchmark("embed_gather/{shard}")
     conda:
         "../envs/torch.yaml"
     resources:
@@ -129,9 +129,9 @@ rule embed_qc:
     output:
         PLAN.embedding_qc,
     log:
-        PLAN.outdir / "logs" / "embed_qc.log",
+        PLAN.embedding_logs.log("embed_qc"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "embed_qc.tsv"
+        PLAN.embedding_logs.benchmark("embed_qc")
     localrule: True
     conda:
         "../envs/torch.yaml"

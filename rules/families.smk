@@ -7,9 +7,9 @@ if PLAN.family_vocab:
         output:
             families=PLAN.families,
         log:
-            PLAN.outdir / "logs" / "families_assign.log",
+            PLAN.logs.log("families_assign"),
         benchmark:
-            PLAN.outdir / "benchmarks" / "families_assign.tsv"
+            PLAN.logs.benchmark("families_assign")
         conda:
             "../envs/mmseqs.yaml"
         threads: config["threads"]["families"]
@@ -31,9 +31,9 @@ else:
             families=PLAN.families,
             vocab=directory(PLAN.outdir / "families" / "vocab"),
         log:
-            PLAN.outdir / "logs" / "families_cluster.log",
+            PLAN.logs.log("families_cluster"),
         benchmark:
-            PLAN.outdir / "benchmarks" / "families_cluster.tsv"
+            PLAN.logs.benchmark("families_cluster")
         conda:
             "../envs/mmseqs.yaml"
         threads: config["threads"]["families"]
@@ -57,9 +57,9 @@ rule families_qc:
     output:
         PLAN.outdir / "qc" / "families.parquet",
     log:
-        PLAN.outdir / "logs" / "families_qc.log",
+        PLAN.logs.log("families_qc"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "families_qc.tsv"
+        PLAN.logs.benchmark("families_qc")
     conda:
         "../envs/mmseqs.yaml"
     resources:

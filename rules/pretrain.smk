@@ -21,9 +21,9 @@ rule pretrain_corpus_shard:
         val=PLAN.pretrain_data / "val" / "part-{shard}.parquet",
         test=PLAN.pretrain_data / "test" / "part-{shard}.parquet",
     log:
-        PLAN.outdir / "logs" / "pretrain_corpus" / "{shard}.log",
+        PLAN.pretrain_logs.log("pretrain_corpus/{shard}"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "pretrain_corpus" / "{shard}.tsv"
+        PLAN.pretrain_logs.benchmark("pretrain_corpus/{shard}")
     conda:
         "../envs/torch.yaml"
     resources:
@@ -46,9 +46,9 @@ rule pretrain_corpus:
     output:
         PLAN.pretrain_data / "corpus.json",
     log:
-        PLAN.outdir / "logs" / "pretrain_corpus.log",
+        PLAN.pretrain_logs.log("pretrain_corpus"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "pretrain_corpus.tsv"
+        PLAN.pretrain_logs.benchmark("pretrain_corpus")
     localrule: True
     conda:
         "../envs/torch.yaml"
@@ -88,9 +88,9 @@ rule pretrain_train:
             category="Pretraining",
         ),
     log:
-        PLAN.outdir / "logs" / "pretrain_train.log",
+        PLAN.pretrain_logs.log("pretrain_train"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "pretrain_train.tsv"
+        PLAN.pretrain_logs.benchmark("pretrain_train")
     conda:
         "../envs/torch.yaml"
     # Data-loader workers and the training process, for each GPU; given fewer (--cores), the job runs

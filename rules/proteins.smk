@@ -7,9 +7,9 @@ rule proteins_shard:
         # their own, as a second job per shard would add a quarter to the planning of a million genomes.
         unique=PLAN.outdir / "unique" / "shards" / "shard={shard}.parquet",
     log:
-        PLAN.outdir / "logs" / "proteins" / "{shard}.log",
+        PLAN.logs.log("proteins/{shard}"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "proteins" / "{shard}.tsv"
+        PLAN.logs.benchmark("proteins/{shard}")
     conda:
         "../envs/annotate.yaml"
     threads: config["threads"]["proteins"]
@@ -37,9 +37,9 @@ rule qc_genomes:
         genomes=PLAN.outdir / "qc" / "genomes.parquet",
         summary=PLAN.outdir / "qc" / "summary.txt",
     log:
-        PLAN.outdir / "logs" / "qc_genomes.log",
+        PLAN.logs.log("qc_genomes"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "qc_genomes.tsv"
+        PLAN.logs.benchmark("qc_genomes")
     localrule: True
     conda:
         "../envs/annotate.yaml"

@@ -4,8 +4,8 @@ rule report_genomes:
         bacformer=PLAN.bacformer_dir / "genomes.parquet",
         buckets=after_buckets(
             outputs=[
-                PLAN.outdir / "report" / "proteins_per_genome.png",
-                PLAN.outdir / "report" / "qc_flags.html",
+                PLAN.bacformer_report / "proteins_per_genome.png",
+                PLAN.bacformer_report / "qc_flags.html",
             ],
             inputs=[
                 PLAN.outdir / "qc" / "genomes.parquet",
@@ -14,19 +14,19 @@ rule report_genomes:
         ),
     output:
         proteins=report(
-            PLAN.outdir / "report" / "proteins_per_genome.png",
+            PLAN.bacformer_report / "proteins_per_genome.png",
             caption="../report/proteins_per_genome.rst",
             category="Genomes",
         ),
         flags=report(
-            PLAN.outdir / "report" / "qc_flags.html",
+            PLAN.bacformer_report / "qc_flags.html",
             caption="../report/qc_flags.rst",
             category="Genomes",
         ),
     log:
-        PLAN.outdir / "logs" / "report_genomes.log",
+        PLAN.report_logs.log("report_genomes"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "report_genomes.tsv"
+        PLAN.report_logs.benchmark("report_genomes")
     localrule: True
     conda:
         "../envs/report.yaml"
@@ -49,9 +49,9 @@ rule report_families:
             category="Protein families",
         ),
     log:
-        PLAN.outdir / "logs" / "report_families.log",
+        PLAN.logs.log("report_families"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "report_families.tsv"
+        PLAN.logs.benchmark("report_families")
     localrule: True
     conda:
         "../envs/report.yaml"
@@ -67,7 +67,7 @@ rule report_projection:
         genomes=PLAN.bacformer_dir / "genomes.parquet",
         qc=PLAN.outdir / "qc" / "genomes.parquet",
         buckets=after_buckets(
-            outputs=[PLAN.outdir / "report" / "genome_projection.png"],
+            outputs=[PLAN.bacformer_report / "genome_projection.png"],
             inputs=[
                 PLAN.bacformer_dir / "genomes.parquet",
                 PLAN.outdir / "qc" / "genomes.parquet",
@@ -75,14 +75,14 @@ rule report_projection:
         ),
     output:
         report(
-            PLAN.outdir / "report" / "genome_projection.png",
+            PLAN.bacformer_report / "genome_projection.png",
             caption="../report/genome_projection.rst",
             category="Bacformer",
         ),
     log:
-        PLAN.outdir / "logs" / "report_projection.log",
+        PLAN.report_logs.log("report_projection"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "report_projection.tsv"
+        PLAN.report_logs.benchmark("report_projection")
     localrule: True
     conda:
         "../envs/report.yaml"

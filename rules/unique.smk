@@ -9,9 +9,9 @@ rule unique_index:
     output:
         PLAN.unique_manifest,
     log:
-        PLAN.outdir / "logs" / "unique_index.log",
+        PLAN.logs.log("unique_index"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "unique_index.tsv"
+        PLAN.logs.benchmark("unique_index")
     localrule: True
     conda:
         "../envs/annotate.yaml"
@@ -30,9 +30,9 @@ rule unique_bucket:
     output:
         PLAN.outdir / "unique" / "bucket={bucket}.parquet",
     log:
-        PLAN.outdir / "logs" / "unique_bucket" / "{bucket}.log",
+        PLAN.logs.log("unique_bucket/{bucket}"),
     benchmark:
-        PLAN.outdir / "benchmarks" / "unique_bucket" / "{bucket}.tsv"
+        PLAN.logs.benchmark("unique_bucket/{bucket}")
     conda:
         "../envs/annotate.yaml"
     resources:

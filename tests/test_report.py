@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from bacflow import report
 from bacflow.bacformer.tables import MODEL_KEY, genome_schema
 from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.store import vector_array
+from workflow_helpers import REPO
 
 DIM = 6
 
@@ -139,19 +141,64 @@ def test_streaming_pca_matches_numpy_and_the_projection_is_drawn(tmp_path: Path,
     assert (tmp_path / "projection.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_front_page_names_the_models_recorded_in_the_genome_table(tmp_path: Path):
-    genomes = write_genomes(tmp_path / "g.parquet", {"g": "whole"})
-    recipe = {"model": "local:esm2-tiny", "revision": "sha256:f86b3c65", "local": True, "dtype": "float32"}
-    model = {"model": "macwiatrak/bacformer-masked-MAG", "revision": "c0ffee", "local": False, "random_init": False}
-    table = pq.read_table(genomes)
-    pq.write_table(table.replace_schema_metadata({RECIPE: json.dumps(recipe), MODEL_KEY: json.dumps(model)}), genomes)
-    assert report.models_that_ran(genomes) == {
-        "esm2": "local:esm2-tiny, sha256:f86b3c65",
-        "bacformer": "macwiatrak/bacformer-masked-MAG, commit c0ffee",
-    }
-    random = {**model, "model": "local:bacformer-tiny", "revision": "sha256:9394", "local": True, "random_init": True}
-    pq.write_table(table.replace_schema_metadata({MODEL_KEY: json.dumps(random)}), genomes)
-    names = report.models_that_ran(genomes)
-    assert names["bacformer"] == "local:bacformer-tiny, sha256:9394, randomly initialised: no biological meaning"
-    assert names["esm2"].startswith("unknown")  # a table without the recipe's metadata
-    assert all(name.startswith("unknown") for name in report.models_that_ran(tmp_path / "missing.parquet").values())
+def write_results(outdir: Path, name: str, recipe: dict | None, model: dict | None) -> Path:
+    """bacformer/<name>/genomes.parquet of `outdir`, with the recipe of its input vectors and its model as metadata."""
+    path = outdir / "bacformer" / name / "genomes.parquet"
+    path.parent.mkdir(parents=True)
+    table = pq.read_table(write_genomes(path, {"g": "whole"}))
+    metadata = {key: json.dumps(value) for key, value in ((RECIPE, recipe), (MODEL_KEY, model)) if value is not None}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    return path
+
+
+def front_page(outdir: Path) -> str:
+    """report/workflow.rst as `snakemake --report` renders it (Jinja, then docutils), as text, for a config whose
+    models_that_ran is `outdir`'s."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    class Snakemake:
+        config = {"samples": "samples.tsv", "outdir": str(outdir), "models_that_ran": report.models_that_ran(outdir)}
+
+    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    text = template.from_string((REPO / "report" / "workflow.rst").read_text()).render(snakemake=Snakemake)
+    html = publish_parts(text, writer="html", settings_overrides={"report_level": 2})["html_body"]
+    assert "system-message" not in html, html  # docutils found no markup errors
+    return re.sub(r"<[^>]+>", "", html)
+
+
+TINY = {"local": True, "revision": "sha256:f86b3c65", "dtype": "float32", "random_init": True}
+HUB_BACFORMER = {"model": "macwiatrak/bacformer-masked-MAG", "revision": "c0ffee", "local": False, "random_init": False}
+HUB_ESM2 = {"model": "facebook/esm2_t12_35M_UR50D", "revision": "e1e1", "local": False, "dtype": "float32"}
+
+
+def test_the_front_page_names_each_model_in_the_outdir_with_its_encoder_and_says_which_are_random(tmp_path: Path):
+    outdir = tmp_path / "results"
+    write_results(
+        outdir, "tiny-random", {**TINY, "model": "local:esm2-tiny"}, {**TINY, "model": "local:bacformer-base-tiny"}
+    )
+    write_results(
+        outdir,
+        "tiny-random-large",
+        {**TINY, "model": "local:esmc-tiny", "encoder": "esmc"},
+        {**TINY, "model": "local:bacformer-large-tiny"},
+    )
+    write_results(outdir, "macwiatrak--bacformer-masked-MAG", HUB_ESM2, HUB_BACFORMER)
+    write_results(outdir, "silent", None, None)  # a table without the metadata
+    page = front_page(outdir)
+    names = ("tiny-random", "tiny-random-large", "macwiatrak--bacformer-masked-MAG", "silent")
+    items = [re.findall(rf"bacformer/{name}/:[^\n]*", page) for name in names]
+    assert all(len(item) == 1 for item in items), page  # one line per results folder
+    base, large, hub, silent = (item[0] for item in items)
+    assert "ESM-2 protein embeddings" not in page.split("bacformer/")[0]  # the opening names no one encoder
+    assert "Bacformer local:bacformer-base-tiny" in base and "ESM-2 protein embeddings from local:esm2-tiny" in base
+    assert "Bacformer local:bacformer-large-tiny" in large and "ESM-C protein embeddings from local:esmc-tiny" in large
+    assert "ESM-2" not in large
+    random = "a tiny randomly initialised model: its vectors carry no biological meaning"
+    assert base.count(random) == large.count(random) == 2  # the encoder's and the Bacformer's
+    assert (
+        "Bacformer macwiatrak/bacformer-masked-MAG (commit c0ffee)" in hub and "esm2_t12_35M_UR50D (commit e1e1)" in hub
+    )
+    assert "random" not in hub
+    assert "unknown models" in silent
+    assert "no Bacformer results yet" in front_page(tmp_path / "empty")

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,17 +41,26 @@ def write_sheet(path: Path, rows: list[tuple[str, ...]]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def workflow_rules(workdir: Path, *config: str) -> dict[str, dict]:
-    """Every rule of the workflow, parsed by Snakemake with `--config` entries `config` (key=value), as
-    {name: {snakefile, conda (absolute path or None), script (absolute path or None), shell, action, gpu,
-    group}}. Parsed in a child process: the Snakefile sets environment variables and changes directory."""
-    result = subprocess.run([sys.executable, __file__, str(workdir), *config], capture_output=True, text=True, cwd=REPO)
+def workflow_rules(workdir: Path, *config: str, configfiles: Sequence[Path] = ()) -> dict[str, dict]:
+    """Every rule of the workflow, parsed by Snakemake with config/config.yaml, then `configfiles`, then
+    `--config` entries `config` (key=value), as {name: {snakefile, conda (absolute path or None), script
+    (absolute path or None), shell, action, gpu, input, params, output, log, benchmark}}. Files are path
+    patterns as the rule spells them (wildcards with their constraints), and input functions and params
+    that are functions appear as their names. Parsed in a child process: the Snakefile sets environment
+    variables and changes directory."""
+    request = {"workdir": str(workdir), "config": list(config), "configfiles": [str(path) for path in configfiles]}
+    result = subprocess.run([sys.executable, __file__, json.dumps(request)], capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         raise AssertionError(f"parsing the workflow failed:\n{result.stdout}\n{result.stderr}")
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def _print_rules(workdir: str, *config: str) -> None:
+def _text(item: object) -> str:
+    """An input or param as text that is the same in every process: a function by its name, not its address."""
+    return getattr(item, "__qualname__", None) or str(item)
+
+
+def _print_rules(workdir: str, config: list[str], configfiles: list[str]) -> None:
     # snakemake's API hands out the parsed Workflow only through WorkflowApi._workflow (no public
     # accessor); pyproject pins snakemake to one major version.
     from snakemake.api import SnakemakeApi
@@ -61,7 +71,9 @@ def _print_rules(workdir: str, *config: str) -> None:
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[REPO / "config" / "config.yaml"], config=overrides),
+            config_settings=ConfigSettings(
+                configfiles=[REPO / "config" / "config.yaml", *map(Path, configfiles)], config=overrides
+            ),
             snakefile=REPO / "Snakefile",
             workdir=Path(workdir),
         )._workflow
@@ -79,9 +91,14 @@ def _print_rules(workdir: str, *config: str) -> None:
                 "shell": rule.shellcmd,
                 "action": action,
                 "gpu": "gpu" in rule.resources,
+                "input": [_text(item) for item in rule.input],
+                "params": {name: _text(value) for name, value in rule.params.items()},
+                "output": [str(path) for path in rule.output],
+                "log": [str(path) for path in rule.log],
+                "benchmark": str(rule.benchmark) if rule.benchmark else None,
             }
     print(json.dumps(rules))
 
 
 if __name__ == "__main__":
-    _print_rules(*sys.argv[1:])
+    _print_rules(**json.loads(sys.argv[1]))

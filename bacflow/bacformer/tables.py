@@ -24,7 +24,7 @@ from bacflow.embeddings.store import vector_type
 
 log = logging.getLogger("bacflow")
 
-#: Metadata keys: the model that made a table (JSON), and the ESM-2 recipe of its input vectors.
+#: Metadata keys: the model that made a table (JSON), and the embedding recipe (ESM-2 or ESM-C) of its input vectors.
 MODEL_KEY = "bacflow.bacformer_model"
 RECIPE_KEYS = (RECIPE_KEY, RECIPE)
 PARAMS_KEY, VERSIONS_KEY = "bacflow.params", "bacflow.tool_versions"

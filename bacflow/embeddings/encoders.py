@@ -32,11 +32,26 @@ def hub_encoder_family(model: str) -> str | None:
 
 def model_type(path: str | Path) -> str:
     """The ``model_type`` in the folder's config.json."""
+    try:
+        return str(_config(path)["model_type"])
+    except KeyError as error:
+        raise InputError(f"model folder {path}: no model_type in config.json ({error!r})") from None
+
+
+def random_init(path: str | Path) -> bool:
+    """Whether the folder holds a tiny randomly initialised model (`bacflow.embeddings.tiny`)."""
+    return bool(_config(path).get("bacflow_random_init", False))
+
+
+def _config(path: str | Path) -> dict[str, Any]:
     config = Path(path) / "config.json"
     try:
-        return str(json.loads(config.read_text())["model_type"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"model folder {path}: no readable model_type in config.json ({error!r})") from None
+        values = json.loads(config.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"model folder {path}: no readable config.json ({error!r})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"model folder {path}: config.json holds no settings")
+    return values
 
 
 def encoder_family(path: str | Path) -> str:

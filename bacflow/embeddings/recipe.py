@@ -28,6 +28,8 @@ ENCODERS = {
         "ESM-C's EsmSequenceTokenizer, one <unk> per unknown character",
     ),
 }
+#: What people call each encoder (the report names them so).
+ENCODER_NAMES = {"esm2": "ESM-2", "esmc": "ESM-C"}
 #: Metadata keys of every table made from a recipe's vectors: its key, and its description (JSON).
 RECIPE_KEY = "bacflow.embedding_recipe_key"
 RECIPE = "bacflow.embedding_recipe"
@@ -43,6 +45,9 @@ class EmbeddingRecipe:
     max_length: int  #: tokens, BOS and EOS included; longer proteins keep their first max_length-2 residues
     vector_dtype: str  #: how vectors are stored
     encoder: str = "esm2"  #: "esm2" or "esmc", from the model folder's config.json
+    #: The weights are a tiny random model's (``bacflow_random_init`` in config.json), whose vectors mean nothing.
+    #: Described, not part of the identity: the revision already tells these weights from any others.
+    random_init: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -58,6 +63,7 @@ class EmbeddingRecipe:
     def identity(self) -> dict[str, Any]:
         """What decides the vectors. A folder's name is not part of it: renamed or copied weights keep theirs."""
         identity = asdict(self)
+        del identity["random_init"]
         if self.local:
             identity["model"] = None
         if self.encoder == "esm2":  # left out, so that stores made before ESM-C was supported keep their keys

@@ -47,7 +47,7 @@ from bacflow.core.tables import (
     remove_stale_shards,
     write_parquet,
 )
-from bacflow.embeddings.encoders import encoder_family
+from bacflow.embeddings.encoders import encoder_family, random_init
 from bacflow.embeddings.recipe import RECIPE, RECIPE_KEY, EmbeddingRecipe
 from bacflow.embeddings.store import EmbeddingStore, part_schema, vector_array, vector_type
 from bacflow.proteins.unique import bucket_filter, bucket_of
@@ -181,6 +181,7 @@ def embed_bucket(
         max_length=settings.max_length,
         vector_dtype=settings.vector_dtype,
         encoder=encoder_family(source.path),
+        random_init=random_init(source.path),
     )
     store = EmbeddingStore(store_root, recipe).open()
     log.info(

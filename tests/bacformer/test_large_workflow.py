@@ -5,7 +5,7 @@ strain) with a tiny random ESM-C and a tiny random Bacformer Large:
   shard jobs and pretrains a Large; the contextual vectors equal the reference's own Large input builder and
   forward on the same ESM-C vectors (bacformer 0.2.0 in its own environment);
 - then the base family runs in the same outdir: proteins and families are shared (not re-run), each family keeps
-  its vectors and results, and going back to Large has nothing to do.
+  its vectors and results (the report names both, each with its encoder), and going back to Large has nothing to do.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from bacflow import report
 from bacflow.bacformer.model import load_bacformer
 from bacflow.embeddings.recipe import RECIPE
 from bacformer_helpers import run_reference
@@ -150,6 +151,12 @@ def test_base_and_large_share_one_outdir(workdir: Path):
     # The store holds both recipes, each under its own key.
     keys = [path for path in (results / "embeddings").iterdir() if path.name not in ("esm2", "esmc")]
     assert len(keys) == 2
+    # The report's front page names both models, each with its encoder, and says plainly that all four are random.
+    names = report.models_that_ran(results)
+    assert [name.split(":")[0] for name in names] == ["``bacformer/tiny-random/``", "``bacformer/tiny-random-large/``"]
+    assert "ESM-2 protein embeddings from local:esm2-tiny" in names[0]
+    assert "ESM-C protein embeddings from local:esmc-tiny" in names[1]
+    assert [name.count(report.RANDOM) for name in names] == [2, 2]
     # Back to Large: its outputs are current.
     large = str(workdir / "large.yaml")
     assert set(planned_jobs(workdir, "bacformer", "--configfile", large)) <= {"total"}

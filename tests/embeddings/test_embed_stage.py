@@ -209,7 +209,7 @@ def test_esmc_vectors_get_a_recipe_of_their_own_in_the_same_store(
     keys = {result["counts"][0]["recipe"] for result in (esm2, esmc)}
     assert len(keys) == 2 and {folder.name for folder in (tmp_path / "store").iterdir()} == keys
     recipe = json.loads((tmp_path / "store" / esmc["counts"][0]["recipe"] / "recipe.json").read_text())
-    assert recipe["encoder"] == "esmc" and "ESM-C" in recipe["architecture"]
+    assert recipe["encoder"] == "esmc" and "ESM-C" in recipe["architecture"] and recipe["random_init"]  # tiny
     # The gathered vectors are the embedder's, in genome order.
     shard = esmc["shards"]["00000"]
     proteins = pq.read_table(cohort["00000"]).column("sequence").to_pylist()

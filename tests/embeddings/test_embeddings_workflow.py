@@ -82,6 +82,7 @@ def test_embeddings_end_to_end(workdir: Path, first_run: Path):
     assert (qc.sequences_reused == 0).all() and (qc.sequences_embedded == qc.distinct_sequences).all()
 
     for log in ("embed_bucket/0000", "embed_bucket/0001", "embed_gather/00000", "embed_qc"):
+        log = f"embeddings/esm2/{log}"  # the encoder's own, beside another encoder's in the same outdir
         assert (first_run / "logs" / f"{log}.log").exists() and (first_run / "benchmarks" / f"{log}.tsv").exists()
     assert not list((first_run / "embeddings/esm2/buckets").glob("*/shard=*"))  # rows deleted once gathered
     assert "Nothing to be done" in snakemake(workdir, "--dry-run", *run_args(workdir, "first")).stdout

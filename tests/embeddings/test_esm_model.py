@@ -85,6 +85,9 @@ def test_folder_checksum_follows_the_weights_not_the_path(tiny_esm: Path, tmp_pa
         return EmbeddingRecipe(model=source.label, revision=source.revision, local=True, **settings)
 
     assert recipe(copy).key == recipe(tiny_esm).key != recipe(other).key
+    # Random weights are known by their checksum like any others: saying so in the description changes no key.
+    assert recipe(tiny_esm, random_init=True).key == recipe(tiny_esm).key
+    assert recipe(tiny_esm, random_init=True).description()["random_init"]
     # What outputs write names the folder, never its path.
     assert recipe(copy).model == "local:copy" and str(tmp_path) not in json.dumps(recipe(copy).description())
     for change in (
