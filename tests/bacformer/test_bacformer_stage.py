@@ -26,7 +26,9 @@ from bacflow.bacformer.modeling_bacformer_large import BacformerLargeModel
 from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome
 from bacflow.bacformer.tables import MODEL_KEY, gather_genomes, model_identity
 from bacflow.core.errors import InputError
+from bacflow.core.freshness import CONTENT_KEY, content_id, lineage
 from bacflow.core.models import resolve_model
+from bacflow.core.tables import write_parquet
 from bacflow.embeddings.recipe import RECIPE
 from bacflow.embeddings.store import vector_array
 from bacformer_helpers import max_abs_diff, randomize, real_contig_sizes, run_reference, tiny_config
@@ -199,7 +201,18 @@ def write_shard(folder: Path, genomes: dict[str, list[np.ndarray]], contig_gap: 
                 index += 1
     genome_ids, contig_index, protein_index, protein_ids, contig_ids, vectors = zip(*rows, strict=False)
     vectors_path, proteins_path = folder / "vectors.parquet", folder / "proteins.parquet"
-    pq.write_table(
+    proteins = pa.table(
+        {
+            "genome_id": genome_ids,
+            "contig_id": contig_ids,
+            "contig_index": pa.array(contig_index, pa.int32()),
+            "protein_index": pa.array(protein_index, pa.int32()),
+            "protein_id": protein_ids,
+        }
+    )
+    # With their lineage, as the proteins and gather jobs write them (bacflow.core.freshness).
+    write_parquet(proteins, proteins_path, {CONTENT_KEY: content_id(proteins)})
+    write_parquet(
         pa.table(
             {
                 "genome_id": genome_ids,
@@ -210,18 +223,7 @@ def write_shard(folder: Path, genomes: dict[str, list[np.ndarray]], contig_gap: 
             }
         ),
         vectors_path,
-    )
-    pq.write_table(
-        pa.table(
-            {
-                "genome_id": genome_ids,
-                "contig_id": contig_ids,
-                "contig_index": pa.array(contig_index, pa.int32()),
-                "protein_index": pa.array(protein_index, pa.int32()),
-                "protein_id": protein_ids,
-            }
-        ),
-        proteins_path,
+        lineage(proteins_path, None),
     )
     return vectors_path, proteins_path
 
@@ -307,6 +309,17 @@ def test_vectors_of_another_width_are_refused(tiny_folder: Path, tmp_path: Path)
     pq.write_table(pq.read_table(vectors_path).drop_columns(["vector"]), vectors_path)
     with pytest.raises(InputError, match="vectors.parquet has no column 'vector'"):
         shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / "out")
+
+
+def test_vectors_gathered_from_other_proteins_are_refused(tiny_folder: Path, tmp_path: Path):
+    """Vectors never attach to another genome's proteins: a protein shard rewritten after its vectors were gathered
+    (an earlier run cut off) fails the job, naming both files, and writes nothing."""
+    vectors_path, proteins_path = write_shard(tmp_path, {"g": genome(17, [4])})
+    write_shard(tmp_path / "other", {"h": genome(18, [4])})
+    (tmp_path / "other" / "proteins.parquet").replace(proteins_path)
+    with pytest.raises(InputError, match=r"vectors\.parquet was made from other proteins than .*proteins\.parquet"):
+        shard_job(tiny_folder, (vectors_path, proteins_path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_nan_input_vector_is_refused_naming_the_genome_and_protein(tiny_folder: Path, tmp_path: Path):
@@ -408,7 +421,7 @@ def test_vectors_of_the_other_familys_width_or_recipe_are_refused(large_folder: 
     vectors_path, proteins_path = write_shard(tmp_path, {"g": genome(3, [4])})
     table = pq.read_table(vectors_path)
     recipe = json.dumps({"model": "facebook/esm2_t12_35M_UR50D"})
-    pq.write_table(table.replace_schema_metadata({RECIPE: recipe}), vectors_path)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, RECIPE.encode(): recipe}), vectors_path)
     with pytest.raises(InputError, match=r"esm2 protein vectors \(facebook/esm2_t12_35M_UR50D\).*takes esmc"):
         shard_job(large_folder, (vectors_path, proteins_path), tmp_path / "out")
 
