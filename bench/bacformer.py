@@ -70,7 +70,9 @@ from machine import cpu_model, machine_info, machine_markdown  # noqa: E402
 from bacflow.bacformer.model import load_bacformer  # noqa: E402
 from bacflow.bacformer.modeling_bacformer import BacformerConfig, BacformerModel  # noqa: E402
 from bacflow.bacformer.stage import BacformerSettings, bacformer_shard, embed_genomes, plan_genome  # noqa: E402
+from bacflow.core.freshness import CONTENT_KEY, content_id, lineage  # noqa: E402
 from bacflow.core.models import choose_device  # noqa: E402
+from bacflow.core.tables import write_parquet  # noqa: E402
 from bacflow.demo import write_demo_sheet  # noqa: E402
 from bacflow.embeddings.stage import EmbeddingSettings  # noqa: E402
 from bacflow.embeddings.store import vector_array  # noqa: E402
@@ -127,13 +129,16 @@ def write_shard(genomes: list[tuple[np.ndarray, np.ndarray]], folder: Path) -> t
     vectors = np.concatenate([vectors for vectors, _ in genomes])
     folder.mkdir(parents=True, exist_ok=True)
     common = {"genome_id": ids, "contig_index": contigs, "protein_index": protein_index}
-    pq.write_table(
-        pa.table({**common, "seq_hash": ["0" * 32] * len(ids), "vector": vector_array(vectors, "float32")}),
-        folder / "vectors.parquet",
-    )
     names = [f"{genome}_{index}" for genome, index in zip(ids, protein_index, strict=False)]
     contig_ids = [f"{genome}_c{contig}" for genome, contig in zip(ids, contigs, strict=False)]
-    pq.write_table(pa.table({**common, "protein_id": names, "contig_id": contig_ids}), folder / "proteins.parquet")
+    proteins = pa.table({**common, "protein_id": names, "contig_id": contig_ids})
+    # With their lineage, as the workflow's jobs write them: the shard job checks it.
+    write_parquet(proteins, folder / "proteins.parquet", {CONTENT_KEY: content_id(proteins)})
+    write_parquet(
+        pa.table({**common, "seq_hash": ["0" * 32] * len(ids), "vector": vector_array(vectors, "float32")}),
+        folder / "vectors.parquet",
+        lineage(folder / "proteins.parquet", None),
+    )
     return folder / "vectors.parquet", folder / "proteins.parquet"
 
 
