@@ -129,6 +129,24 @@ def run_reference(python: Path, jobs: list[dict[str, Any]], workdir: Path, oracl
     return torch.load(response, weights_only=False)
 
 
+#: Parity with the reference Bacformer, in float32: logits, losses and hidden states.
+PARITY_TOLERANCE = 1e-5
+#: The outputs compared with the reference's.
+PARITY_KEYS = ("last_hidden_state", "logits", "loss")
+
+
+def assert_outputs_match(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], what: str) -> None:
+    """Our model's outputs equal the reference's, within `PARITY_TOLERANCE`, for each of `PARITY_KEYS` the reference
+    returned, and it returned at least one (a comparison of nothing would pass)."""
+    assert theirs.keys() - {"attentions", "pooler_output"} <= ours.keys(), (theirs.keys(), ours.keys())
+    compared = [key for key in PARITY_KEYS if key in theirs]
+    assert compared, f"{what}: the reference returned none of {PARITY_KEYS}, only {sorted(theirs)}"
+    for key in compared:
+        delta = max_abs_diff(ours[key], theirs[key])
+        print(f"{what} {key}: max |delta| = {delta:.2e}")
+        assert delta <= PARITY_TOLERANCE, (what, key, delta)
+
+
 def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
     return (ours.float() - theirs.float()).abs().max().item() if ours.numel() else 0.0

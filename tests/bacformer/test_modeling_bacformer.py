@@ -27,9 +27,15 @@ from bacflow.bacformer.modeling_bacformer import (
     apply_rotary,
     rotary_tables,
 )
-from bacformer_helpers import max_abs_diff, randomize, run_reference, tiny_config
+from bacformer_helpers import (
+    PARITY_TOLERANCE,
+    assert_outputs_match,
+    max_abs_diff,
+    randomize,
+    run_reference,
+    tiny_config,
+)
 
-PARITY_TOLERANCE = 1e-5
 #: Inputs (from `example_inputs`, plus labelled variants) each model class runs on in the parity tests.
 PARITY_CASES = {
     "BacformerModel": ["single", "padded", "padded_without_mask"],
@@ -317,15 +323,6 @@ def parity(reference_python: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         )
     )
     return Parity(inputs, ours, run_reference(reference_python, jobs, workdir), folder)
-
-
-def assert_outputs_match(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], what: str) -> None:
-    assert theirs.keys() - {"attentions"} <= ours.keys() | {"pooler_output"}
-    for key in ("last_hidden_state", "logits", "loss"):
-        if key in theirs:
-            delta = max_abs_diff(ours[key], theirs[key])
-            print(f"{what} {key}: max |delta| = {delta:.2e}")
-            assert delta <= PARITY_TOLERANCE, (what, key, delta)
 
 
 @pytest.mark.parametrize("name", ["BacformerModel", "BacformerForMaskedGM", "BacformerForCausalGM"])

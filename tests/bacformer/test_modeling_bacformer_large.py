@@ -29,9 +29,17 @@ from bacflow.bacformer.modeling_bacformer_large import (
     apply_rotate_half,
 )
 from bacflow.embeddings.modeling_esmc import rotary_half_tables
-from bacformer_helpers import TINY_LARGE, max_abs_diff, randomize, run_reference, tiny_config, tiny_large_config
+from bacformer_helpers import (
+    PARITY_TOLERANCE,
+    TINY_LARGE,
+    assert_outputs_match,
+    max_abs_diff,
+    randomize,
+    run_reference,
+    tiny_config,
+    tiny_large_config,
+)
 
-PARITY_TOLERANCE = 1e-5
 PARITY_CASES = {
     "BacformerLargeModel": ["single", "padded", "padded_without_mask"],
     "BacformerLargeForMaskedGM": ["padded", "masked_labels", "no_targets"],
@@ -295,15 +303,6 @@ def parity(reference_python: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         )
     )
     return Parity(inputs, ours, run_reference(reference_python, jobs, workdir), folder)
-
-
-def assert_outputs_match(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], what: str) -> None:
-    assert theirs.keys() <= ours.keys(), (theirs.keys(), ours.keys())
-    for key in ("last_hidden_state", "logits", "loss"):
-        if key in theirs:
-            delta = max_abs_diff(ours[key], theirs[key])
-            print(f"{what} {key}: max |delta| = {delta:.2e}")
-            assert delta <= PARITY_TOLERANCE, (what, key, delta)
 
 
 @pytest.mark.parametrize("name", list(PARITY_CASES))
