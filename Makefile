@@ -38,8 +38,10 @@ demo: setup
 	$(BIN)/snakemake all --cores $(CORES) --configfile config/demo.yaml
 	$(BIN)/snakemake --report demo/report.html --configfile config/demo.yaml
 
+# One pytest worker per core (pytest-xdist), each taking whole test files, so that a file's fixtures are made once;
+# most tests wait on processes (Snakemake and its jobs, the reference oracles) more than they compute.
 test: setup
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -n auto --dist loadfile
 
 # Zero findings, checked by CI before the tests: ruff (rules and format, see pyproject.toml), snakefmt, and
 # Snakemake's own linter on the demo's plan.
