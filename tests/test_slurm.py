@@ -26,8 +26,9 @@ BUCKETS = 2
 # The target run through SLURM: both GPU rules (ESM-2 buckets, Bacformer shards) and the CPU rules they
 # need, without the clustering and report jobs, which add minutes and no placement case.
 CLUSTER_TARGET = "bacformer"
-# Bounds the SLURM run (2-3 minutes on a quiet 2-core machine, more beside the other pytest worker); SIGINT (not SIGTERM, which snakemake answers by
-# waiting for its jobs) makes it cancel its SLURM jobs, and SIGKILL follows 30 s later if it still has not exited.
+# Bounds the SLURM run (2-3 minutes on a quiet 2-core machine, more beside the other pytest worker); SIGINT
+# (not SIGTERM, which snakemake answers by waiting for its jobs) makes it cancel its SLURM jobs, and SIGKILL
+# follows 30 s later if it still has not exited.
 RUN_TIMEOUT_S = 600
 
 
