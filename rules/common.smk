@@ -65,16 +65,11 @@ def print_quarantine_summary():
         print(summary.read_text(), end="")
 
 
-def planned(setting):
-    """A setting of the plan worked out when a job that needs it is planned (a model, the pretraining parameters);
-    one that cannot be had, or cannot take the run's vectors, fails planning in one line (OneLinePlan).
-    """
-    return getattr(PLAN, setting)
-
-
 def planned_model(stage):
-    """(model, revision) of the "esm" or "bacformer" jobs; a hub model is resolved to its commit."""
-    return planned(f"{stage}_model")
+    """(model, revision) of the "esm" or "bacformer" jobs, worked out when a job that needs it is planned: a hub
+    model is resolved to its commit; one that cannot be had, or cannot take the run's vectors, fails planning in
+    one line (OneLinePlan)."""
+    return getattr(PLAN, f"{stage}_model")
 
 
 def model_files(stage):

@@ -104,7 +104,7 @@ rule pretrain_train:
         # A job stopped at its time limit resumes from its newest checkpoint when it is retried.
         runtime=lambda wildcards, attempt: PLAN.pretrain["runtime"] * attempt,
     params:
-        pretrain=lambda wildcards: planned("pretrain_params"),
+        pretrain=lambda wildcards: PLAN.pretrain_params,
         run_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     script:
         "../scripts/pretrain_train.py"
